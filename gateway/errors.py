@@ -1,0 +1,51 @@
+"""The error hierarchy.
+
+Every failure the gateway expects is a `GatewayError`; anything else is a bug and is only caught by
+the task supervisor. Drivers raise `DeviceError` subclasses so that the scheduler can count errors
+per device and per class without knowing the transport.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is unusable. The message names the file, the key path and what was expected."""
+
+
+class DeviceError(GatewayError):
+    """A device did not deliver a usable answer."""
+
+    #: Short stable name of the error class, used for per-class counters and log lines.
+    kind = "device"
+
+
+class DeviceTimeout(DeviceError):
+    """No answer (or no data ready) within the device's timeout; also NACK on I2C, refused TCP."""
+
+    kind = "timeout"
+
+
+class DecodeError(DeviceError):
+    """An answer arrived but is malformed: CRC/checksum mismatch, short frame, bad header."""
+
+    kind = "decode"
+
+
+class DeviceBusy(DeviceError):
+    """The device answered that it is busy (Modbus exception 06); retry later."""
+
+    kind = "busy"
+
+
+class DeviceRejected(DeviceError):
+    """The device refused the request (Modbus exception codes other than busy)."""
+
+    kind = "rejected"
+
+
+class SinkError(GatewayError):
+    """A sink (MQTT broker, time-series store) did not accept data."""
