@@ -48,4 +48,12 @@ class DeviceRejected(DeviceError):
 
 
 class SinkError(GatewayError):
-    """A sink (MQTT broker, time-series store) did not accept data."""
+    """A sink (MQTT broker, time-series store) did not accept data.
+
+    ``retryable`` is False when sending the same data again cannot succeed (the store rejected its
+    content, e.g. HTTP 400); the caller must then set the data aside instead of retrying forever.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable

@@ -1,0 +1,128 @@
+"""Assembles the daemon: drivers, one poller per bus, the durable buffer and the MQTT publisher.
+
+Everything runs in one asyncio loop under one `asyncio.TaskGroup` of named tasks. Each task is
+supervised: an unexpected exception (a bug) is logged with its traceback and the task restarted
+after a pause, so one faulty driver cannot stop the other buses or the publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from gateway.buffer import BufferWorker, SqliteBuffer
+from gateway.config import GatewayConfig
+from gateway.model import Reading
+from gateway.registry import BusRegistry, build_driver
+from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
+from gateway.sinks.mqtt import MqttPublisher
+
+log = logging.getLogger(__name__)
+
+#: Pause before restarting a task that crashed.
+RESTART_PAUSE = 5.0
+
+
+@dataclass
+class GatewayRuntime:
+    """What a running gateway exposes to its caller (the CLI, the demo, tests)."""
+
+    config: GatewayConfig
+    buffer: BufferWorker
+    publisher: MqttPublisher
+    pollers: list[BusPoller]
+    #: Readings that could not be stored (e.g. disk full); they are counted, never silently lost.
+    readings_unstored: int = 0
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    *,
+    stop: asyncio.Event,
+    simulate: bool = False,
+    started: Callable[[GatewayRuntime], None] | None = None,
+) -> None:
+    """Run until ``stop`` is set. With ``simulate``, serve every device from an in-process simulator."""
+    async with AsyncExitStack() as stack:
+        buses = BusRegistry()
+        if simulate:
+            from gateway.simulate import simulated  # noqa: PLC0415 - simulators load only on demand
+
+            config, buses, _site = await stack.enter_async_context(simulated(config))
+        buffer = BufferWorker(SqliteBuffer(config.buffer.path))
+        stack.push_async_callback(buffer.close)
+        pending = await buffer.pending()
+        if pending:
+            log.info("buffer holds %d readings from before; publishing them first", pending)
+        sequence = SequenceCounter(await buffer.last_seq())
+        publisher = MqttPublisher(config=config.mqtt, site=config.site.id, buffer=buffer)
+        runtime = GatewayRuntime(config=config, buffer=buffer, publisher=publisher, pollers=[])
+        runtime.pollers = _pollers(config, buses, sequence, _storing_sink(runtime))
+        if started is not None:
+            started(runtime)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_supervise("mqtt", publisher.run), name="mqtt")]
+            for poller in runtime.pollers:
+                tasks.append(
+                    group.create_task(_supervise(poller.name, poller.run), name=poller.name)
+                )
+            await stop.wait()
+            log.info("stopping")
+            for task in tasks:
+                task.cancel()
+
+
+def _pollers(
+    config: GatewayConfig,
+    buses: BusRegistry,
+    sequence: SequenceCounter,
+    sink: Callable[[Sequence[Reading]], Awaitable[None]],
+) -> list[BusPoller]:
+    by_bus: dict[str, list[DeviceState]] = {}
+    for device in config.enabled_devices():
+        state = DeviceState(
+            id=device.id,
+            driver=build_driver(device, buses),
+            interval=device.interval,
+            guard=4 * device.timeout + 10.0,
+        )
+        by_bus.setdefault(device.bus_key(), []).append(state)
+    return [
+        BusPoller(name=f"bus {key}", devices=devices, sink=sink, sequence=sequence)
+        for key, devices in by_bus.items()
+    ]
+
+
+def _storing_sink(runtime: GatewayRuntime) -> Callable[[Sequence[Reading]], Awaitable[None]]:
+    """Append to the buffer; a storage failure is counted and logged, and polling goes on."""
+    failing = False
+
+    async def store(readings: Sequence[Reading]) -> None:
+        nonlocal failing
+        try:
+            await runtime.buffer.append(readings)
+        except sqlite3.Error as exc:
+            runtime.readings_unstored += len(readings)
+            if not failing:
+                log.error("cannot store readings in the buffer (%s); counting them as lost", exc)
+            failing = True
+            return
+        if failing:
+            log.info("buffer accepts readings again (%d lost meanwhile)", runtime.readings_unstored)
+        failing = False
+
+    return store
+
+
+async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        try:
+            await run()
+            return
+        except Exception:
+            log.exception("task %s crashed; restarting it in %.0f s", name, RESTART_PAUSE)
+            await asyncio.sleep(RESTART_PAUSE)

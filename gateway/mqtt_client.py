@@ -1,0 +1,63 @@
+"""Builds paho-mqtt clients the same way for the publisher, the bridge and the demo watcher.
+
+paho's own network thread (``loop_start``) drives the socket and its automatic reconnect with
+backoff; it is the library's supported mode and it keeps a slow broker from ever blocking the
+event loop. Callbacks run on that thread, so every callback here only hands its event to the
+asyncio loop with ``call_soon_threadsafe`` (`LoopBridge`); no other state is shared between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.config import MqttConfig
+
+
+def make_client(
+    config: MqttConfig, *, client_id: str, clean_session: bool, manual_ack: bool = False
+) -> mqtt.Client:
+    """A configured, not yet connected client (MQTT 3.1.1, so any broker will do)."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session,
+        protocol=mqtt.MQTTv311,
+        manual_ack=manual_ack,
+    )
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.max_inflight_messages_set(config.max_inflight)
+    client.max_queued_messages_set(0)  # the durable buffer bounds what we hand to paho
+    if config.username is not None:
+        password = config.password.resolve() if config.password is not None else None
+        client.username_pw_set(config.username, password)
+    if config.tls is not None:
+        context = ssl.create_default_context(
+            cafile=str(config.tls.ca_file) if config.tls.ca_file else None
+        )
+        if config.tls.cert_file is not None and config.tls.key_file is not None:
+            context.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
+        client.tls_set_context(context)
+    return client
+
+
+class LoopBridge:
+    """Marshals paho callbacks (network thread) onto the asyncio loop that created it."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the event loop; safe from any thread, ignored after loop shutdown."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+
+def reason_text(reason_code: Any) -> str:
+    """Readable text for a paho v2 ReasonCode or a plain int."""
+    return str(getattr(reason_code, "getName", lambda: reason_code)())

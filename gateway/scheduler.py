@@ -1,0 +1,170 @@
+"""Polls the devices of one physical bus, in turn, each at its own interval.
+
+One `BusPoller` task per bus: an RS-485 line, an I2C bus or a single-client TCP device is a serial
+resource, so its devices are never polled concurrently. Different buses run in parallel.
+
+Timing: polls are scheduled on the monotonic clock on a fixed grid (``start + k * interval``), so a
+wall-clock step never causes a burst or a gap; a poll that ran late skips the grid slots it missed
+rather than catching up in a burst. Readings are stamped with the wall clock (``wall_clock``).
+
+Failures: a `DeviceError` marks the device unavailable; it is logged once when it starts failing
+and once when it recovers, counted per error class, and retried with jittered exponential backoff
+(never sooner than its interval), so a dead device costs its bus at most one timeout per retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from drivers.base import Driver
+from gateway.errors import DeviceError, DeviceTimeout
+from gateway.model import Quality, Reading, Value, utc_ms
+
+log = logging.getLogger(__name__)
+
+#: Longest wait between retries of a failing device, in seconds.
+MAX_BACKOFF = 300.0
+
+
+class SequenceCounter:
+    """Hands out the per-gateway sequence numbers, starting above the buffer's high-water mark."""
+
+    def __init__(self, last: int) -> None:
+        self._next = itertools.count(last + 1)
+
+    def next(self) -> int:
+        """The next unused sequence number."""
+        return next(self._next)
+
+
+@dataclass
+class DeviceState:
+    """What the scheduler knows about one device; read by the status reporting."""
+
+    id: str
+    driver: Driver
+    interval: float
+    #: Upper bound on one open() or poll(), on top of the driver's own timeouts.
+    guard: float
+    next_due: float = 0.0
+    opened: bool = False
+    available: bool = True
+    failures: int = 0
+    polls: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+ReadingSink = Callable[[Sequence[Reading]], Awaitable[None]]
+
+
+class BusPoller:
+    """Runs the devices of one bus until cancelled. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        devices: Sequence[DeviceState],
+        sink: ReadingSink,
+        sequence: SequenceCounter,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.devices = list(devices)
+        self._sink = sink
+        self._sequence = sequence
+        self._monotonic = monotonic
+        self._wall_clock = wall_clock
+        self._rng = rng or random.Random()
+
+    async def run(self) -> None:
+        """Poll forever; on cancellation close every driver that was opened."""
+        start = self._monotonic()
+        for device in self.devices:
+            device.next_due = start
+        try:
+            while True:
+                device = min(self.devices, key=lambda d: d.next_due)
+                delay = device.next_due - self._monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+                await self._service(device)
+        finally:
+            for device in self.devices:
+                if device.opened:
+                    await device.driver.close()
+
+    async def _service(self, device: DeviceState) -> None:
+        due = device.next_due
+        try:
+            async with asyncio.timeout(device.guard):
+                if not device.opened:
+                    await device.driver.open()
+                    device.opened = True
+                values = await device.driver.poll()
+        except (DeviceError, TimeoutError) as exc:
+            error = exc if isinstance(exc, DeviceError) else DeviceTimeout("no answer in time")
+            await self._failed(device, error)
+            return
+        ts = utc_ms(self._wall_clock())
+        await self._sink(self._readings(device, values, ts))
+        self._succeeded(device, due)
+
+    def _readings(
+        self, device: DeviceState, values: Mapping[str, Value], ts: datetime
+    ) -> list[Reading]:
+        readings = []
+        for key, spec in device.driver.metrics.items():
+            value = values.get(key)
+            readings.append(
+                Reading(
+                    device=device.id,
+                    metric=key,
+                    value=value,
+                    unit=spec.unit,
+                    ts=ts,
+                    seq=self._sequence.next(),
+                    quality=Quality.GOOD if value is not None else Quality.NO_VALUE,
+                )
+            )
+        return readings
+
+    def _succeeded(self, device: DeviceState, due: float) -> None:
+        device.polls += 1
+        if not device.available:
+            log.info("device %s recovered after %d failed attempts", device.id, device.failures)
+        device.available = True
+        device.failures = 0
+        now = self._monotonic()
+        # Next slot on the grid strictly after now: late polls skip slots instead of bursting.
+        missed = max(0, int((now - due) // device.interval))
+        device.next_due = due + (missed + 1) * device.interval
+
+    async def _failed(self, device: DeviceState, error: DeviceError) -> None:
+        device.errors[error.kind] += 1
+        device.failures += 1
+        if device.available:
+            log.warning(
+                "device %s unavailable (%s: %s); retrying with backoff",
+                device.id,
+                error.kind,
+                error,
+            )
+        device.available = False
+        if isinstance(error, DeviceTimeout) and device.opened:
+            # A transport that timed out may be wedged; reopen it on the next attempt.
+            device.opened = False
+            await device.driver.close()
+        backoff = min(MAX_BACKOFF, self._rng.uniform(0, 1.5 ** min(10, device.failures)))
+        device.next_due = self._monotonic() + max(device.interval, backoff)

@@ -1,0 +1,1 @@
+"""Where readings go after the buffer."""

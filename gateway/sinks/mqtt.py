@@ -1,0 +1,175 @@
+"""Publishes buffered readings with QoS 1 and forgets them only after the broker's PUBACK.
+
+Flow: take the oldest batch not in flight from the buffer, publish one message per device, and
+``end(batch, accepted=True)`` once every message of the batch has been acknowledged. While the
+broker is away, paho keeps the unacknowledged messages and resends them on reconnect; if the
+process dies, the buffer still holds them and they are published again on start (at-least-once,
+with duplicates bounded by the in-flight window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from gateway import __version__
+from gateway.buffer import Batch, BufferWorker
+from gateway.config import MqttConfig
+from gateway.mqtt_client import LoopBridge, make_client, reason_text
+from gateway.telemetry import (
+    encode_status,
+    encode_telemetry,
+    group_by_device,
+    status_topic,
+    telemetry_topic,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    batch: Batch
+    mids: set[int] = field(default_factory=set)
+
+
+@dataclass
+class PublisherStats:
+    """Counters for the status page and the tests."""
+
+    messages_sent: int = 0
+    messages_acked: int = 0
+    readings_acked: int = 0
+    connects: int = 0
+
+
+class MqttPublisher:
+    """Drains a `BufferWorker` into the broker. Run ``run()`` as a task; cancel it to stop."""
+
+    def __init__(
+        self,
+        *,
+        config: MqttConfig,
+        site: str,
+        buffer: BufferWorker,
+        batch_size: int = 500,
+    ) -> None:
+        self._config = config
+        self._site = site
+        self._buffer = buffer
+        self._batch_size = batch_size
+        self._client_id = config.client_id or f"canary-gw-{site}"
+        self._status_topic = status_topic(config.topic_prefix, site)
+        self._by_mid: dict[int, _Pending] = {}
+        self._inflight_messages = 0
+        self._window_open = asyncio.Event()
+        self._window_open.set()
+        self._end_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.connected = asyncio.Event()
+        self.stats = PublisherStats()
+
+    async def run(self) -> None:
+        """Connect (retrying forever in the background) and publish until cancelled."""
+        bridge = LoopBridge()
+        client = make_client(self._config, client_id=self._client_id, clean_session=False)
+        offline = encode_status(self._site, "offline", version=__version__, ts=datetime.now(UTC))
+        client.will_set(self._status_topic, offline, qos=1, retain=True)
+        client.on_connect = lambda c, u, f, rc, p: bridge.call(self._on_connect, c, rc)
+        client.on_disconnect = lambda c, u, f, rc, p: bridge.call(self._on_disconnect, rc)
+        client.on_publish = lambda c, u, mid, rc, p: bridge.call(self._on_puback, mid)
+        client.connect_async(self._config.host, self._config.port, keepalive=self._config.keepalive)
+        client.loop_start()
+        try:
+            await self._publish_forever(client)
+        finally:
+            await self._shutdown(client)
+
+    async def _publish_forever(self, client: mqtt.Client) -> None:
+        buffer = self._buffer
+        while True:
+            await self._window_open.wait()
+            buffer.appended.clear()
+            batch = await buffer.begin(self._batch_size)
+            if batch is None:
+                await buffer.appended.wait()
+                continue
+            pending = _Pending(batch)
+            for device, readings in group_by_device(batch.readings).items():
+                payload = encode_telemetry(self._site, device, readings)
+                topic = telemetry_topic(self._config.topic_prefix, self._site, device)
+                info = client.publish(topic, payload, qos=1)
+                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                    # paho refused to queue it at all: hand the rest of the batch back.
+                    log.error("MQTT publish refused (%s); will retry", mqtt.error_string(info.rc))
+                    break
+                pending.mids.add(info.mid)
+                self._by_mid[info.mid] = pending
+                self._inflight_messages += 1
+                self.stats.messages_sent += 1
+            if not pending.mids:
+                await buffer.end(batch, accepted=False)
+                await asyncio.sleep(1.0)
+                continue
+            if self._inflight_messages >= self._config.max_inflight:
+                self._window_open.clear()
+
+    def _on_puback(self, mid: int) -> None:
+        pending = self._by_mid.pop(mid, None)
+        if pending is None:
+            return
+        self._inflight_messages -= 1
+        self.stats.messages_acked += 1
+        pending.mids.discard(mid)
+        if not pending.mids:
+            self.stats.readings_acked += len(pending.batch.readings)
+            task = asyncio.get_running_loop().create_task(
+                self._buffer.end(pending.batch, accepted=True), name="buffer-end"
+            )
+            self._end_tasks.add(task)
+            task.add_done_callback(self._end_tasks.discard)
+        if self._inflight_messages < self._config.max_inflight:
+            self._window_open.set()
+
+    def _on_connect(self, client: mqtt.Client, reason_code: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.warning(
+                "MQTT broker %s:%s refused the connection: %s",
+                self._config.host,
+                self._config.port,
+                reason_text(reason_code),
+            )
+            return
+        self.stats.connects += 1
+        log.info("connected to MQTT broker %s:%s", self._config.host, self._config.port)
+        online = encode_status(self._site, "online", version=__version__, ts=datetime.now(UTC))
+        client.publish(self._status_topic, online, qos=1, retain=True)
+        self.connected.set()
+
+    def _on_disconnect(self, reason_code: Any) -> None:
+        if self.connected.is_set() and not self._stopping:
+            log.warning(
+                "lost MQTT broker connection (%s); readings stay buffered", reason_text(reason_code)
+            )
+        self.connected.clear()
+
+    async def _shutdown(self, client: mqtt.Client) -> None:
+        """Publish the offline status on a clean stop; unacknowledged readings stay in the buffer."""
+        self._stopping = True
+        if self._end_tasks:
+            await asyncio.gather(*self._end_tasks, return_exceptions=True)
+        if self.connected.is_set():
+            offline = encode_status(
+                self._site, "offline", version=__version__, ts=datetime.now(UTC)
+            )
+            info = client.publish(self._status_topic, offline, qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError, TimeoutError):
+                await asyncio.to_thread(info.wait_for_publish, 2.0)
+        client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
