@@ -1,0 +1,134 @@
+"""Sensirion SCD4x (CO2, temperature, humidity) through the unmodified ``adafruit_scd4x`` driver.
+
+The Adafruit driver is blocking and sleeps in ``time.sleep`` (0.5 s in its constructor, which
+always stops a running periodic measurement), so every call into it runs in a worker thread;
+waiting for the next measurement is an ``asyncio.sleep`` on the loop. The sensor measures on
+its own schedule (every 5 s, or 30 s in low-power mode) and a poll returns the newest one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import adafruit_scd4x
+
+from drivers.sensors.i2c_bus import I2CBus
+from gateway.errors import DecodeError, DeviceError, DeviceTimeout
+from gateway.model import MetricSpec, Value
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: How often `Scd4xDriver.poll` asks the sensor whether a new measurement is ready.
+_READY_POLL_S = 0.2
+
+_METRICS: Mapping[str, MetricSpec] = MappingProxyType(
+    {
+        "co2": MetricSpec(key="co2", unit="ppm", description="CO2 concentration"),
+        "temperature": MetricSpec(key="temperature", unit="°C", description="air temperature"),
+        "humidity": MetricSpec(key="humidity", unit="%RH", description="relative humidity"),
+    }
+)
+
+
+class Scd4xDriver:
+    """A `drivers.base.Driver` for one SCD40/41/43 on an injected `I2CBus`.
+
+    ``open`` probes the address (absent or silent chip: `DeviceTimeout`) and starts the periodic
+    measurement (``low_power``: one every 30 s instead of 5 s). ``poll`` waits up to
+    ``data_timeout`` seconds for a measurement it has not returned yet and returns ``co2`` (int,
+    ppm), ``temperature`` (°C) and ``humidity`` (%RH), both to 2 decimals. In low-power mode give
+    ``data_timeout`` more than 30 s, or the first poll after ``open`` may time out.
+
+    Errors: a NACK or a socket failure is `DeviceTimeout`, a CRC mismatch is `DecodeError`.
+    The bus belongs to the caller (other sensors may share it): ``close`` stops the measurement,
+    which the chip keeps running otherwise, and leaves the bus open.
+    """
+
+    def __init__(
+        self,
+        *,
+        bus: I2CBus,
+        address: int = 0x62,
+        data_timeout: float = 6.0,
+        low_power: bool = False,
+    ) -> None:
+        self._bus = bus
+        self._address = address
+        self._data_timeout = data_timeout
+        self._low_power = low_power
+        self._sensor: Any = None
+        self._name = f"scd4x@{address:#04x}"
+
+    @property
+    def metrics(self) -> Mapping[str, MetricSpec]:
+        """``co2`` (ppm), ``temperature`` (°C) and ``humidity`` (%RH)."""
+        return _METRICS
+
+    async def open(self) -> None:
+        """Probe the chip, stop whatever it was doing and start the periodic measurement."""
+        self._sensor = None
+        try:
+            self._sensor = await self._call(self._start)
+        except ValueError as exc:  # adafruit_bus_device's probe: nothing acknowledged
+            raise DeviceTimeout(f"{self._name}: no device answers ({exc})") from exc
+        logger.info("%s: periodic measurement started (low power: %s)", self._name, self._low_power)
+
+    async def poll(self) -> Mapping[str, Value]:
+        """Return the newest measurement, waiting up to ``data_timeout`` s for one."""
+        sensor = self._sensor
+        if sensor is None:
+            raise DeviceError(f"{self._name}: poll() before a successful open()")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._data_timeout
+        while not await self._call(lambda: bool(sensor.data_ready)):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeviceTimeout(f"{self._name}: no new data within {self._data_timeout} s")
+            await asyncio.sleep(min(_READY_POLL_S, remaining))
+        co2, temperature, humidity = await self._call(
+            lambda: (sensor.CO2, sensor.temperature, sensor.relative_humidity)
+        )
+        if co2 is None or temperature is None or humidity is None:
+            raise DeviceTimeout(f"{self._name}: data ready but no measurement was read")
+        return {
+            "co2": int(co2),
+            "temperature": round(float(temperature), 2),
+            "humidity": round(float(humidity), 2),
+        }
+
+    async def close(self) -> None:
+        """Stop the periodic measurement, best effort; never raises."""
+        sensor, self._sensor = self._sensor, None
+        if sensor is None:
+            return
+        try:
+            await asyncio.to_thread(sensor.stop_periodic_measurement)
+        except (OSError, RuntimeError) as exc:
+            logger.debug("%s: stop on close failed: %s", self._name, exc)
+
+    def _start(self) -> Any:
+        sensor = adafruit_scd4x.SCD4X(self._bus, self._address)
+        if self._low_power:
+            sensor.start_low_periodic_measurement()
+        else:
+            sensor.start_periodic_measurement()
+        return sensor
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        """Run a blocking driver call in a worker thread, mapping its errors to `DeviceError`s."""
+        try:
+            return await asyncio.to_thread(fn)
+        except RuntimeError as exc:
+            # adafruit_scd4x wraps a NACKed command write in RuntimeError (cause: the OSError)
+            # and reports a CRC mismatch as a bare RuntimeError.
+            if isinstance(exc.__cause__, OSError):
+                raise DeviceTimeout(f"{self._name}: command not acknowledged") from exc
+            raise DecodeError(f"{self._name}: {exc}") from exc
+        except OSError as exc:
+            raise DeviceTimeout(f"{self._name}: I2C transfer failed: {exc}") from exc

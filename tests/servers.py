@@ -1,0 +1,165 @@
+"""Real servers for tests: Mosquitto and VictoriaMetrics on free loopback ports.
+
+Each is a child process in its own temporary directory, started with a deadline on readiness and
+stopped (SIGTERM, then SIGKILL) by the fixture that made it. `stop`/`start` let fault tests take a
+server away and bring it back on the same port with the same data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Every process started here, so the leak check can tell a test that left one running.
+RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float, what: str, step: float = 0.05
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def find_binary(name: str, *candidates: str) -> str:
+    for path in (shutil.which(name), *candidates):
+        if path and os.access(path, os.X_OK):
+            return path
+    raise AssertionError(f"{name} is not installed; run scripts/test, which installs it")
+
+
+@dataclass
+class ServerProcess:
+    """A child process bound to ``port``; ``argv`` is reused by `start` after a `stop`."""
+
+    name: str
+    argv: list[str]
+    port: int
+    workdir: Path
+    ready: Callable[[ServerProcess], bool]
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / f"{self.name}.log"
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
+        log.close()
+        RUNNING.add(self.proc)
+        try:
+            wait_until(
+                lambda: self._alive() and self.ready(self),
+                timeout=timeout,
+                what=f"{self.name} to start",
+            )
+        except AssertionError:
+            self.stop()
+            raise AssertionError(
+                f"{self.name} did not start:\n{self.log_path.read_text()[-2000:]}"
+            ) from None
+
+    def _alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(
+                f"{self.name} exited with {self.proc.returncode}:\n{self.log_path.read_text()[-2000:]}"
+            )
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        RUNNING.discard(self.proc)
+        self.proc = None
+
+
+def mosquitto(workdir: Path) -> ServerProcess:
+    """Mosquitto with persistence (as on a real site), anonymous access, on a free loopback port."""
+    binary = find_binary("mosquitto", "/usr/sbin/mosquitto")
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence true\n"
+        f"persistence_location {workdir}/\n"
+        "max_queued_messages 0\n"
+        "log_type error\nlog_type warning\n"
+    )
+    return ServerProcess(
+        "mosquitto", [binary, "-c", str(conf)], port, workdir, lambda s: port_open(s.port)
+    )
+
+
+def victoria_metrics(workdir: Path) -> ServerProcess:
+    """VictoriaMetrics with query results visible at once (no latency offset, no cache)."""
+    binary = find_binary("victoria-metrics", "/usr/bin/victoria-metrics")
+    port = free_port()
+    argv = [
+        binary,
+        f"-httpListenAddr=127.0.0.1:{port}",
+        f"-storageDataPath={workdir}/vm-data",
+        "-search.latencyOffset=0s",
+        "-search.disableCache",
+        "-loggerLevel=WARN",
+        "-retentionPeriod=100y",
+    ]
+
+    def healthy(server: ServerProcess) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=1) as r:
+                return r.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    return ServerProcess("victoria-metrics", argv, port, workdir, healthy)
+
+
+def vm_export(port: int, match: str = '{__name__!=""}') -> list[dict[str, Any]]:
+    """All samples matching ``match``, one dict per series (VictoriaMetrics /api/v1/export)."""
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/force_flush", timeout=10).close()
+    query = urllib.parse.urlencode({"match[]": match, "start": "0"})
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/export?{query}", timeout=30) as r:
+        return [json.loads(line) for line in r.read().splitlines() if line.strip()]
