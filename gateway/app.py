@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: Pause before restarting a task that crashed.
 RESTART_PAUSE = 5.0
+#: On a clean stop, how long the publisher may keep draining the buffer after polling stopped.
+DRAIN_TIMEOUT = 5.0
 
 
 @dataclass
@@ -65,15 +67,28 @@ async def run_gateway(
         if started is not None:
             started(runtime)
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_supervise("mqtt", publisher.run), name="mqtt")]
-            for poller in runtime.pollers:
-                tasks.append(
-                    group.create_task(_supervise(poller.name, poller.run), name=poller.name)
-                )
+            mqtt_task = group.create_task(_supervise("mqtt", publisher.run), name="mqtt")
+            polling = [
+                group.create_task(_supervise(poller.name, poller.run), name=poller.name)
+                for poller in runtime.pollers
+            ]
             await stop.wait()
-            log.info("stopping")
-            for task in tasks:
+            log.info("stopping: polling ends; up to %.0f s to publish the buffer", DRAIN_TIMEOUT)
+            for task in polling:
                 task.cancel()
+            await asyncio.gather(*polling, return_exceptions=True)
+            try:
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await publisher.wait_drained()
+                drained = True
+            except TimeoutError:
+                drained = False
+            mqtt_task.cancel()
+        last_seq, left = await buffer.last_seq(), await buffer.pending()
+        if drained:
+            log.info("stopped: last sequence number %d; buffer empty", last_seq)
+        else:
+            log.info("stopped: last sequence number %d; %d readings stay buffered", last_seq, left)
 
 
 def _pollers(

@@ -72,6 +72,7 @@ class MqttPublisher:
         self._window_open.set()
         self._end_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._progress = asyncio.Event()
         self.connected = asyncio.Event()
         self.stats = PublisherStats()
 
@@ -120,6 +121,21 @@ class MqttPublisher:
             if self._inflight_messages >= self._config.max_inflight:
                 self._window_open.clear()
 
+    async def wait_drained(self) -> None:
+        """Return once the buffer is empty and nothing is in flight (callers bound the wait).
+
+        Used on shutdown after polling stopped, so that a clean stop leaves nothing behind while the
+        broker is reachable; when it is not, the readings simply stay in the durable buffer.
+        """
+        while True:
+            self._progress.clear()
+            idle = self._inflight_messages == 0 and not self._end_tasks
+            if idle and await self._buffer.pending() == 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                # Woken by each acknowledgement; the timeout covers a publish still being queued.
+                await asyncio.wait_for(self._progress.wait(), 0.2)
+
     def _on_puback(self, mid: int) -> None:
         pending = self._by_mid.pop(mid, None)
         if pending is None:
@@ -133,9 +149,13 @@ class MqttPublisher:
                 self._buffer.end(pending.batch, accepted=True), name="buffer-end"
             )
             self._end_tasks.add(task)
-            task.add_done_callback(self._end_tasks.discard)
+            task.add_done_callback(self._ended)
         if self._inflight_messages < self._config.max_inflight:
             self._window_open.set()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._end_tasks.discard(task)
+        self._progress.set()
 
     def _on_connect(self, client: mqtt.Client, reason_code: Any) -> None:
         if getattr(reason_code, "is_failure", False):
