@@ -21,9 +21,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
+from drivers.modbus.profiles import available_profiles
 from gateway.errors import ConfigError
 
 #: Identifiers end up in MQTT topics and time-series tags: keep them to a safe, readable alphabet.
@@ -31,6 +33,17 @@ _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ID_HELP = (
     "lower-case letters, digits, '-' or '_', starting with a letter or digit, at most 63 long"
 )
+
+_BUS_PATTERN = r"^(/dev/i2c-\d+|tcp://[^:/]+:\d{1,5})$"
+_URL_PATTERN = r"^https?://"
+_TOPIC_PATTERN = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"
+#: What a pattern means, for error messages (a regex is not an explanation).
+_PATTERN_HELP = {
+    _ID_PATTERN: f"expected an identifier: {_ID_HELP}",
+    _BUS_PATTERN: "expected /dev/i2c-N (a Linux I2C bus) or tcp://HOST:PORT (a served bus)",
+    _URL_PATTERN: "expected an http:// or https:// URL",
+    _TOPIC_PATTERN: "expected topic levels of letters, digits, '-' or '_' separated by '/'",
+}
 
 Identifier = Annotated[str, Field(pattern=_ID_PATTERN)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -98,7 +111,7 @@ class MqttConfig(_Model):
 
     host: str = "127.0.0.1"
     port: Port = 1883
-    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")] = "canary"
+    topic_prefix: Annotated[str, Field(pattern=_TOPIC_PATTERN)] = "canary"
     client_id: str | None = None
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     username: str | None = None
@@ -117,7 +130,7 @@ class BufferConfig(_Model):
 class InfluxConfig(_Model):
     """The InfluxDB v2 write API the bridge writes to (InfluxDB 2.x, VictoriaMetrics, ...)."""
 
-    url: Annotated[str, Field(pattern=r"^https?://")]
+    url: Annotated[str, Field(pattern=_URL_PATTERN)]
     org: str
     bucket: str
     token: Credentials | None = None
@@ -158,6 +171,14 @@ class ModbusDevice(_DeviceBase):
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
     transport: TcpTransport
 
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        known = available_profiles()
+        if name not in known:
+            raise ValueError(f"unknown Modbus profile {name!r}; known: {', '.join(known)}")
+        return name
+
     def bus_key(self) -> str:
         """Devices with the same key share one physical bus/connection and are polled in turn."""
         return f"modbus-tcp://{self.transport.host}:{self.transport.port}"
@@ -168,7 +189,7 @@ class Scd4xDevice(_DeviceBase):
 
     driver: Literal["scd4x"]
     #: ``/dev/i2c-N`` on a Pi, or ``tcp://HOST:PORT`` for a bus served by ``python -m simulators``.
-    bus: Annotated[str, Field(pattern=r"^(/dev/i2c-\d+|tcp://[^:/]+:\d{1,5})$")] = "/dev/i2c-1"
+    bus: Annotated[str, Field(pattern=_BUS_PATTERN)] = "/dev/i2c-1"
     address: Annotated[int, Field(ge=0x03, le=0x77)] = 0x62
     interval: Annotated[float, Field(ge=5, le=86_400)] = 5.0
     low_power: bool = False
@@ -246,8 +267,8 @@ def _describe(source: str, error: Any, data: dict[str, Any]) -> str:
         return f"{source}: {path}: required key is missing"
     message = _MESSAGES.get(kind, error["msg"])
     message = _ctx_message(message, error)
-    if kind == "string_pattern_mismatch" and path.endswith(".id"):
-        message = f"expected an identifier: {_ID_HELP}"
+    if kind == "string_pattern_mismatch":
+        message = _PATTERN_HELP.get(error["ctx"]["pattern"], message)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         ctx = error.get("ctx") or {}
         tags = ", ".join(repr(name) for name in DRIVER_NAMES)
@@ -255,7 +276,7 @@ def _describe(source: str, error: Any, data: dict[str, Any]) -> str:
         if tag is None:
             return f"{source}: {path}.driver: required key is missing; expected one of {tags}"
         return f"{source}: {path}.driver: unknown driver {tag!r}; expected one of {tags}"
-    if "input" in error and not isinstance(error["input"], dict):
+    if kind != "value_error" and "input" in error and not isinstance(error["input"], dict):
         return f"{source}: {path}: {message} (got {_show(error['input'])})"
     return f"{source}: {path}: {message}"
 

@@ -160,6 +160,7 @@ def victoria_metrics(workdir: Path) -> ServerProcess:
 def vm_export(port: int, match: str = '{__name__!=""}') -> list[dict[str, Any]]:
     """All samples matching ``match``, one dict per series (VictoriaMetrics /api/v1/export)."""
     urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/force_flush", timeout=10).close()
-    query = urllib.parse.urlencode({"match[]": match, "start": "0"})
+    # An explicit end: the default ("now") would hide samples stamped ahead of this machine's clock.
+    query = urllib.parse.urlencode({"match[]": match, "start": "0", "end": "4102444800"})
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/export?{query}", timeout=30) as r:
         return [json.loads(line) for line in r.read().splitlines() if line.strip()]

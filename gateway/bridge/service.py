@@ -78,7 +78,7 @@ class Bridge:
             self._mqtt, client_id=self._client_id, clean_session=False, manual_ack=True
         )
         client.on_connect = lambda c, u, f, rc, p: loop_bridge.call(self._on_connect, c, rc)
-        client.on_subscribe = lambda c, u, mid, rcs, p: loop_bridge.call(self.subscribed.set)
+        client.on_subscribe = lambda c, u, mid, rcs, p: loop_bridge.call(self._on_subscribed)
         client.on_message = lambda c, u, msg: loop_bridge.call(self._inbox.put_nowait, msg)
         client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=self._mqtt.keepalive)
         client.loop_start()
@@ -101,6 +101,11 @@ class Bridge:
             self._subscription,
         )
         client.subscribe(self._subscription, qos=1)
+
+    def _on_subscribed(self) -> None:
+        # From here on the broker queues telemetry for this session even while the bridge is away.
+        log.info("subscribed to %s (persistent session %s)", self._subscription, self._client_id)
+        self.subscribed.set()
 
     async def _collect(self) -> list[mqtt.MQTTMessage]:
         """Wait for one message, then gather more until the batch is full or the window closes."""

@@ -1,0 +1,241 @@
+"""The whole real path in separate processes: simulated devices -> gateway -> Mosquitto -> bridge ->
+VictoriaMetrics, and the count that proves nothing was lost on the way.
+
+How "every reading polled" is known independently of the store: sequence numbers are assigned at
+poll time, one per reading, and the buffer's high-water mark (``meta.last_seq``) is the number of
+readings polled. A test subscriber records what crossed the broker, and the store is read back with
+VictoriaMetrics' export API.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import RUNNING, ServerProcess, free_port, vm_export, wait_until
+from tests.system.mqtt_capture import MqttCapture
+
+ROOT = Path(__file__).resolve().parents[2]
+GATEWAY = str(Path(sys.executable).with_name("gateway"))
+DEMO_DEVICES = {
+    "b1-main-meter",
+    "b1-aircon-meter",
+    "b1-room-ladybird",
+    "b2-main-meter",
+    "b2-aircon-meter",
+    "b2-room-hedgehog",
+}
+
+
+def site_config(
+    tmp_path: Path,
+    *,
+    broker: int,
+    tsdb: int,
+    modbus_ports: tuple[int, int] = (15021, 15022),
+    i2c_ports: tuple[int, int] = (17101, 17102),
+) -> Path:
+    """config/demo.toml with this test's broker, store, buffer and device ports."""
+    text = (ROOT / "config" / "demo.toml").read_text()
+    replacements = {
+        "port = 1883": f"port = {broker}",
+        "http://127.0.0.1:8428": f"http://127.0.0.1:{tsdb}",
+        "/tmp/canary-gateway-demo/buffer.sqlite3": str(tmp_path / "buffer.sqlite3"),
+        "port = 15021": f"port = {modbus_ports[0]}",
+        "port = 15022": f"port = {modbus_ports[1]}",
+        "127.0.0.1:17101": f"127.0.0.1:{i2c_ports[0]}",
+        "127.0.0.1:17102": f"127.0.0.1:{i2c_ports[1]}",
+    }
+    for old, new in replacements.items():
+        assert old in text, f"config/demo.toml no longer contains {old!r}; update this test"
+        text = text.replace(old, new)
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+class Process:
+    """A gateway/bridge/simulator child process with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], tmp_path: Path) -> None:
+        self.name = name
+        self.log = tmp_path / f"{name}.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        RUNNING.add(self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            RUNNING.discard(self.proc)
+        return code
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for process in started:
+        process.stop(signal.SIGKILL)
+
+
+def buffer_state(path: Path) -> tuple[int, int]:
+    """(last sequence number, readings still buffered) read straight from the SQLite file."""
+    with sqlite3.connect(path) as db:
+        last = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
+        pending = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    return int(last), int(pending)
+
+
+def stored(tsdb: int, suffix: str) -> dict[tuple[str, str, int], float]:
+    """(device, metric, timestamp ms) -> value for every ``<metric>_<suffix>`` series in the store."""
+    out: dict[tuple[str, str, int], float] = {}
+    for row in vm_export(tsdb, f'{{__name__=~".+_{suffix}"}}'):
+        metric = row["metric"]["__name__"].removesuffix(f"_{suffix}")
+        for value, ts in zip(row["values"], row["timestamps"], strict=True):
+            out[(row["metric"]["device"], metric, ts)] = value
+    return out
+
+
+def ts_ms(iso: str) -> int:
+    from datetime import datetime  # noqa: PLC0415
+
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+@pytest.mark.system
+def test_every_polled_reading_reaches_the_store(
+    tmp_path: Path, broker: ServerProcess, tsdb: ServerProcess, processes: list[Process]
+) -> None:
+    config = site_config(tmp_path, broker=broker.port, tsdb=tsdb.port)
+    capture = MqttCapture(broker.port, "canary/#").start()
+    try:
+        bridge = Process("bridge", [GATEWAY, "bridge", "--config", str(config)], tmp_path)
+        processes.append(bridge)
+        # The bridge's persistent session exists on the broker from its first SUBACK on.
+        wait_until(
+            lambda: "subscribed to" in bridge.output(), timeout=20, what="the bridge to subscribe"
+        )
+        gateway = Process(
+            "gateway", [GATEWAY, "run", "--simulate", "--config", str(config)], tmp_path
+        )
+        processes.append(gateway)
+
+        def polled_three_times() -> bool:
+            per_device = Counter(
+                r["device"] for r in capture.readings() if r["metric"] in ("co2", "power")
+            )
+            return set(per_device) == DEMO_DEVICES and min(per_device.values()) >= 3
+
+        wait_until(
+            polled_three_times,
+            timeout=60,
+            what=f"three polls of every device\n{gateway.output()[-3000:]}",
+        )
+        assert gateway.stop() == 0, gateway.output()
+        last_seq, pending = buffer_state(tmp_path / "buffer.sqlite3")
+        assert pending == 0, "a clean stop with the broker up must leave the buffer empty"
+
+        wait_until(
+            lambda: len(stored(tsdb.port, "seq")) >= last_seq,
+            timeout=30,
+            what=f"{last_seq} readings in the store (bridge log: {bridge.output()[-2000:]})",
+            step=0.5,
+        )
+    finally:
+        capture.stop()
+
+    readings = capture.readings()
+    # Everything polled crossed the broker: sequence numbers 1..N with no gap.
+    assert {r["seq"] for r in readings} == set(range(1, last_seq + 1))
+    # ... and reached the store, exactly once per reading (replays overwrite the same point).
+    seqs = stored(tsdb.port, "seq")
+    assert sorted(seqs.values()) == [float(s) for s in range(1, last_seq + 1)]
+    by_key: dict[tuple[str, str, int], dict[str, Any]] = {
+        (r["device"], r["metric"], ts_ms(r["ts"])): r for r in readings
+    }
+    assert Counter((d, m) for d, m, _ in seqs) == Counter((d, m) for d, m, _ in by_key)
+    # Values per device and metric, at the reading's own timestamp.
+    values = stored(tsdb.port, "value")
+    expected = {key: float(r["value"]) for key, r in by_key.items() if r["value"] is not None}
+    assert values.keys() == expected.keys()
+    for key, value in expected.items():
+        assert values[key] == pytest.approx(value, rel=1e-12), key
+    assert {d for d, _, _ in values} == DEMO_DEVICES
+    statuses = [
+        m.json()["state"] for m in capture.snapshot() if m.topic == "canary/kg-sunflower/status"
+    ]
+    assert statuses[-1] == "offline"
+
+
+@pytest.mark.system
+def test_gateway_killed_and_restarted_against_a_separate_simulator_process(
+    tmp_path: Path, broker: ServerProcess, tsdb: ServerProcess, processes: list[Process]
+) -> None:
+    """`python -m simulators` keeps the devices up while the gateway dies by SIGKILL and restarts:
+    sequence numbers continue after the restart and nothing polled is missing on the broker."""
+    config = site_config(
+        tmp_path,
+        broker=broker.port,
+        tsdb=tsdb.port,
+        modbus_ports=(free_port(), free_port()),
+        i2c_ports=(free_port(), free_port()),
+    )
+    ready = tmp_path / "simulators.ready"
+    sims = Process(
+        "simulators",
+        [sys.executable, "-m", "simulators", "--config", str(config), "--ready-file", str(ready)],
+        tmp_path,
+    )
+    processes.append(sims)
+    wait_until(ready.exists, timeout=20, what=f"the simulators to listen\n{sims.output()}")
+    capture = MqttCapture(
+        broker.port, "canary/kg-sunflower/telemetry/#", client_id="e2e-capture"
+    ).start()
+    try:
+        first = Process("gateway-1", [GATEWAY, "run", "--config", str(config)], tmp_path)
+        processes.append(first)
+        wait_until(
+            lambda: {r["device"] for r in capture.readings()} == DEMO_DEVICES,
+            timeout=60,
+            what=f"readings from every device\n{first.output()[-3000:]}",
+        )
+        first.stop(signal.SIGKILL)
+        seq_at_kill, _ = buffer_state(tmp_path / "buffer.sqlite3")
+
+        second = Process("gateway-2", [GATEWAY, "run", "--config", str(config)], tmp_path)
+        processes.append(second)
+        wait_until(
+            lambda: max(r["seq"] for r in capture.readings()) > seq_at_kill + 30,
+            timeout=60,
+            what=f"polling after the restart\n{second.output()[-3000:]}",
+        )
+        assert second.stop() == 0, second.output()
+        last_seq, pending = buffer_state(tmp_path / "buffer.sqlite3")
+        assert pending == 0
+        wait_until(
+            lambda: {r["seq"] for r in capture.readings()} >= set(range(1, last_seq + 1)),
+            timeout=20,
+            what="every reading on the broker",
+        )
+    finally:
+        capture.stop()
+    assert sims.stop() == 0, sims.output()
+    assert {r["seq"] for r in capture.readings()} == set(range(1, last_seq + 1))
