@@ -134,7 +134,7 @@ class InfluxConfig(_Model):
     org: str
     bucket: str
     token: Credentials | None = None
-    #: Points per write request; the bridge also flushes after ``flush_interval`` seconds.
+    #: Messages per write request, at most; the bridge also flushes after ``flush_interval`` seconds.
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = 1000
     flush_interval: Annotated[float, Field(gt=0, le=60)] = 0.5
 
