@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 
-from gateway.buffer import BufferWorker, SqliteBuffer
-from gateway.config import GatewayConfig
+from gateway.buffer import BufferLimits, BufferWorker, SqliteBuffer
+from gateway.config import BufferConfig, GatewayConfig
 from gateway.model import Reading
 from gateway.registry import BusRegistry, build_driver
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
@@ -37,8 +37,6 @@ class GatewayRuntime:
     buffer: BufferWorker
     publisher: MqttPublisher
     pollers: list[BusPoller]
-    #: Readings that could not be stored (e.g. disk full); they are counted, never silently lost.
-    readings_unstored: int = 0
 
 
 async def run_gateway(
@@ -55,7 +53,9 @@ async def run_gateway(
             from gateway.simulate import simulated  # noqa: PLC0415 - simulators load only on demand
 
             config, buses, _site = await stack.enter_async_context(simulated(config))
-        buffer = BufferWorker(SqliteBuffer(config.buffer.path))
+        buffer = BufferWorker(
+            _open_buffer(config.buffer), commit_interval=config.buffer.commit_interval
+        )
         stack.push_async_callback(buffer.close)
         pending = await buffer.pending()
         if pending:
@@ -63,7 +63,7 @@ async def run_gateway(
         sequence = SequenceCounter(await buffer.last_seq())
         publisher = MqttPublisher(config=config.mqtt, site=config.site.id, buffer=buffer)
         runtime = GatewayRuntime(config=config, buffer=buffer, publisher=publisher, pollers=[])
-        runtime.pollers = _pollers(config, buses, sequence, _storing_sink(runtime))
+        runtime.pollers = _pollers(config, buses, sequence, _staging_sink(buffer))
         if started is not None:
             started(runtime)
         async with asyncio.TaskGroup() as group:
@@ -112,25 +112,22 @@ def _pollers(
     ]
 
 
-def _storing_sink(runtime: GatewayRuntime) -> Callable[[Sequence[Reading]], Awaitable[None]]:
-    """Append to the buffer; a storage failure is counted and logged, and polling goes on."""
-    failing = False
+def _open_buffer(config: BufferConfig) -> SqliteBuffer:
+    limits = BufferLimits(
+        max_readings=config.max_readings,
+        max_bytes=config.max_bytes,
+        max_age=timedelta(days=config.max_age_days),
+    )
+    return SqliteBuffer(config.path, synchronous=config.synchronous, limits=limits)
 
-    async def store(readings: Sequence[Reading]) -> None:
-        nonlocal failing
-        try:
-            await runtime.buffer.append(readings)
-        except sqlite3.Error as exc:
-            runtime.readings_unstored += len(readings)
-            if not failing:
-                log.error("cannot store readings in the buffer (%s); counting them as lost", exc)
-            failing = True
-            return
-        if failing:
-            log.info("buffer accepts readings again (%d lost meanwhile)", runtime.readings_unstored)
-        failing = False
 
-    return store
+def _staging_sink(buffer: BufferWorker) -> Callable[[Sequence[Reading]], Awaitable[None]]:
+    """Hand readings to the buffer's next group commit; never waits on the disk."""
+
+    async def stage(readings: Sequence[Reading]) -> None:
+        buffer.stage(readings)
+
+    return stage
 
 
 async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:

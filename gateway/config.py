@@ -119,12 +119,24 @@ class MqttConfig(_Model):
     tls: TlsConfig | None = None
     #: QoS 1 messages sent but not yet acknowledged; bounds duplicates after a crash.
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 50
+    #: Readings per second the backlog drains at after an outage (0: as fast as the broker takes
+    #: them); live readings always go first.
+    backlog_rate: Annotated[int, Field(ge=0, le=1_000_000)] = 20_000
 
 
 class BufferConfig(_Model):
     """The durable on-disk buffer that holds every reading until the broker acknowledged it."""
 
     path: FilePath = Path("/var/lib/canary-gateway/buffer.sqlite3")
+    #: Seconds between group commits (new readings + acknowledged deletions in one transaction).
+    #: Longer saves SD-card writes; a power cut may lose up to this much. 0 commits every poll.
+    commit_interval: Annotated[float, Field(ge=0, le=60)] = 2.0
+    #: FULL: a commit survives a power cut. NORMAL: fewer fsyncs, may lose the last commits.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: Caps; when one is exceeded the oldest undelivered readings are dropped, counted and alarmed.
+    max_bytes: Annotated[int, Field(ge=1_000_000)] = 2 * 1024**3
+    max_age_days: Annotated[float, Field(gt=0, le=3650)] = 35.0
+    max_readings: Annotated[int, Field(ge=1)] | None = None
 
 
 class InfluxConfig(_Model):

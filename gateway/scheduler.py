@@ -88,7 +88,7 @@ class BusPoller:
         self._rng = rng or random.Random()
 
     async def run(self) -> None:
-        """Poll forever; on cancellation close every driver that was opened."""
+        """Poll forever; on cancellation close every driver."""
         start = self._monotonic()
         for device in self.devices:
             device.next_due = start
@@ -101,9 +101,10 @@ class BusPoller:
                     continue
                 await self._service(device)
         finally:
+            # Close every driver, opened or not: an open() cut short may have left a transport
+            # half-open, and close() never raises.
             for device in self.devices:
-                if device.opened:
-                    await device.driver.close()
+                await device.driver.close()
 
     async def _service(self, device: DeviceState) -> None:
         due = device.next_due
@@ -162,8 +163,9 @@ class BusPoller:
                 error,
             )
         device.available = False
-        if isinstance(error, DeviceTimeout) and device.opened:
-            # A transport that timed out may be wedged; reopen it on the next attempt.
+        if not device.opened or isinstance(error, DeviceTimeout):
+            # A failed open() may have left a transport half-open, and a transport that timed out
+            # may be wedged: close it, and open it afresh on the next attempt.
             device.opened = False
             await device.driver.close()
         backoff = min(MAX_BACKOFF, self._rng.uniform(0, 1.5 ** min(10, device.failures)))

@@ -1,18 +1,30 @@
 """The buffer contract, shared by every implementation and checked by one parametrised test suite.
 
-Life of a reading: ``append`` stores it; ``begin`` hands the oldest readings not already in flight
-to a sink as a `Batch`; ``end(batch, accepted=True)`` forgets them, ``end(batch, accepted=False)``
-returns them so that the next ``begin`` delivers them again, ahead of newer ones. A reading that was
-begun but never ended (the process died) is delivered again after a restart: delivery is
-at-least-once and duplicates are bounded by what was in flight.
+Life of a reading: ``append`` (or ``commit``) stores it; ``begin`` hands the oldest readings not
+already in flight to a sink as a `Batch`; ``end(batch, accepted=True)`` forgets them and
+``end(batch, accepted=False)`` returns them, so that the next ``begin`` delivers them again before
+newer ones. A reading that was begun but never ended (the process died) is delivered again after a
+restart: delivery is at-least-once, and duplicates are bounded by what was in flight.
+
+Lanes: the *live boundary* splits the buffer into the backlog (``seq <= boundary``) and live readings
+(``seq > boundary``). ``begin(live=True)`` serves only live readings and ``begin(live=False)`` only
+the backlog, so a publisher can send fresh readings ahead of a long backlog and drain the backlog at
+its own pace. ``begin()`` without a lane is oldest-first across both. `mark_live_boundary` moves the
+boundary to the newest stored reading; a publisher calls it when it (re)connects.
+
+Limits: `BufferLimits` bounds the buffer. When a commit takes it over a limit, the oldest readings
+that are not in flight are dropped, and the drops are counted in `dropped`, which persists across
+restarts. What is in flight has most likely reached the broker already, so it is never counted as a
+drop.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Protocol
 
 from gateway.model import Reading
@@ -26,59 +38,140 @@ class Batch:
     readings: tuple[Reading, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class BufferLimits:
+    """Caps on the buffer; ``None`` means unbounded.
+
+    ``max_age`` is measured against the newest stored reading, not the wall clock, so a Pi whose
+    clock is wrong after a power cut neither drops everything nor keeps everything.
+    """
+
+    max_readings: int | None = None
+    max_bytes: int | None = None
+    max_age: timedelta | None = None
+
+
 class Buffer(Protocol):
     """Synchronous buffer API. Implementations are not thread-safe; `BufferWorker` serialises calls."""
 
     def append(self, readings: Sequence[Reading]) -> None:
-        """Store ``readings`` durably (one transaction) before returning."""
+        """Store ``readings`` durably, in one transaction, before returning."""
 
-    def begin(self, limit: int) -> Batch | None:
-        """Up to ``limit`` of the oldest readings not in flight, or ``None`` when there are none."""
+    def commit(self, readings: Sequence[Reading], accepted: Sequence[Batch]) -> int:
+        """One transaction: store ``readings``, forget the ``accepted`` batches, apply the limits.
+
+        Returns how many readings the limits dropped. The accepted batches leave the in-flight set
+        only when the transaction succeeded; on failure nothing changes.
+        """
+
+    def begin(self, limit: int, *, live: bool | None = None) -> Batch | None:
+        """Up to ``limit`` of the oldest readings of the lane that are not in flight, or ``None``."""
 
     def end(self, batch: Batch, *, accepted: bool) -> None:
         """Forget ``batch`` (accepted) or make it deliverable again (not accepted)."""
+
+    def mark_live_boundary(self) -> None:
+        """Everything stored so far becomes backlog; what is stored later is live."""
 
     def pending(self) -> int:
         """Readings stored, in flight or not."""
 
     def last_seq(self) -> int:
-        """Highest sequence number ever appended (0 for a new buffer), surviving deletes and restarts."""
+        """Highest sequence number ever stored (0 for a new buffer), surviving deletes and restarts."""
+
+    def dropped(self) -> int:
+        """Readings dropped by the limits, ever (persisted)."""
 
     def close(self) -> None:
         """Release the storage; further calls are errors."""
+
+
+def check_sequence(readings: Sequence[Reading], last_seq: int) -> None:
+    """Raise ValueError unless the sequence numbers increase strictly and start above ``last_seq``."""
+    previous = last_seq
+    for reading in readings:
+        if reading.seq <= previous:
+            raise ValueError(
+                f"sequence numbers must increase and exceed {last_seq}; got {reading.seq} "
+                f"after {previous}"
+            )
+        previous = reading.seq
 
 
 @dataclass
 class InflightTracker:
     """Bookkeeping of what is in flight, shared by the implementations.
 
-    ``cursor`` is the highest sequence number handed out by ``begin``; ``returned`` holds readings of
-    rejected batches (kept sorted by seq) that must go out before anything past the cursor.
+    Each lane has a cursor: the highest sequence number it has examined. A reading at or below a
+    lane's cursor was handed out, deleted, or sits in ``returned`` (rejected, to go out first). The
+    ``seqs`` set lets a lane skip readings another lane handed out, which happens after the
+    boundary moved.
     """
 
-    cursor: int = 0
+    boundary: int = 0
+    backlog_cursor: int = 0
+    live_cursor: int = 0
     returned: list[Reading] = field(default_factory=list)
     inflight: dict[int, Batch] = field(default_factory=dict)
+    seqs: set[int] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def take_returned(self, limit: int) -> list[Reading]:
-        """Pop up to ``limit`` returned readings, oldest first."""
-        taken, self.returned = self.returned[:limit], self.returned[limit:]
+    def lanes(self, live: bool | None) -> list[bool]:
+        """The lanes to serve for ``live``, oldest first."""
+        return [False, True] if live is None else [live]
+
+    def window(self, lane: bool) -> tuple[int, int | None]:
+        """(exclusive lower bound, inclusive upper bound or None) still to be examined in ``lane``."""
+        if lane:
+            return max(self.live_cursor, self.boundary), None
+        return self.backlog_cursor, self.boundary
+
+    def examined(self, lane: bool, seq: int) -> None:
+        """Advance ``lane``'s cursor past ``seq``."""
+        if lane:
+            self.live_cursor = max(self.live_cursor, seq)
+        else:
+            self.backlog_cursor = max(self.backlog_cursor, seq)
+
+    def take_returned(self, limit: int, live: bool | None) -> list[Reading]:
+        """Pop up to ``limit`` rejected readings belonging to the lane(s), oldest first."""
+        taken: list[Reading] = []
+        kept: list[Reading] = []
+        for reading in self.returned:
+            in_lane = live is None or (reading.seq > self.boundary) == live
+            (taken if in_lane and len(taken) < limit else kept).append(reading)
+        self.returned = kept
         return taken
 
+    def move_boundary(self, last_seq: int) -> None:
+        """Make everything up to ``last_seq`` backlog."""
+        self.boundary = max(self.boundary, last_seq)
+        self.live_cursor = max(self.live_cursor, self.boundary)
+
     def open(self, readings: Sequence[Reading]) -> Batch | None:
-        """Register a batch made of ``readings`` (already in seq order) and advance the cursor."""
+        """Register a batch made of ``readings`` (in seq order)."""
         if not readings:
             return None
-        batch = Batch(next(self._ids), tuple(readings))
+        batch = Batch(next(self._ids), tuple(sorted(readings, key=lambda r: r.seq)))
         self.inflight[batch.id] = batch
-        self.cursor = max(self.cursor, batch.readings[-1].seq)
+        self.seqs.update(r.seq for r in batch.readings)
         return batch
+
+    def require(self, batch: Batch) -> None:
+        """Raise ValueError unless ``batch`` is in flight."""
+        if batch.id not in self.inflight:
+            raise ValueError(f"batch {batch.id} is not in flight")
 
     def close(self, batch: Batch, *, accepted: bool) -> None:
         """Deregister ``batch``; if rejected, queue its readings for redelivery in seq order."""
-        if self.inflight.pop(batch.id, None) is None:
-            raise ValueError(f"batch {batch.id} is not in flight")
+        self.require(batch)
+        del self.inflight[batch.id]
+        self.seqs.difference_update(r.seq for r in batch.readings)
         if not accepted:
             for reading in batch.readings:
                 bisect.insort(self.returned, reading, key=lambda r: r.seq)
+
+    def forget_returned(self, seqs: Iterable[int]) -> None:
+        """Drop returned readings that were deleted from storage (by the limits)."""
+        gone = set(seqs)
+        self.returned = [r for r in self.returned if r.seq not in gone]

@@ -1,47 +1,94 @@
 """An in-memory buffer: same contract as `SqliteBuffer` without durability.
 
 Used where losing the buffer on restart is acceptable (tests of the sinks, benchmarks of the
-publisher alone) and as the reference the shared buffer suite compares against.
+publisher alone), and as the reference the shared buffer suite holds the SQLite buffer to. It honours
+``max_readings`` and ``max_age``; ``max_bytes`` is about a file and is left to `SqliteBuffer`.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
-from gateway.buffer.base import Batch, InflightTracker
+from gateway.buffer.base import Batch, BufferLimits, InflightTracker, check_sequence
 from gateway.model import Reading
 
 
 class MemoryBuffer:
-    """A `gateway.buffer.Buffer` kept in a dict ordered by sequence number."""
+    """A `gateway.buffer.Buffer` kept in a dict plus a sorted list of sequence numbers."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, limits: BufferLimits | None = None) -> None:
         self._rows: dict[int, Reading] = {}
+        self._order: list[int] = []
         self._last_seq = 0
+        self._dropped = 0
+        self._limits = limits or BufferLimits()
         self._track = InflightTracker()
 
     def append(self, readings: Sequence[Reading]) -> None:
-        for reading in readings:
-            if reading.seq <= self._last_seq:
-                raise ValueError(f"sequence {reading.seq} is not above {self._last_seq}")
-            self._rows[reading.seq] = reading
-            self._last_seq = reading.seq
+        self.commit(readings, ())
 
-    def begin(self, limit: int) -> Batch | None:
-        taken = self._track.take_returned(limit)
-        if len(taken) < limit:
-            fresh = (r for seq, r in self._rows.items() if seq > self._track.cursor)
-            for reading in fresh:
-                taken.append(reading)
-                if len(taken) == limit:
+    def commit(self, readings: Sequence[Reading], accepted: Sequence[Batch]) -> int:
+        check_sequence(readings, self._last_seq)
+        for batch in accepted:
+            self._track.require(batch)
+        for reading in readings:
+            self._rows[reading.seq] = reading
+            self._order.append(reading.seq)
+        if readings:
+            self._last_seq = readings[-1].seq
+        for batch in accepted:
+            self._track.close(batch, accepted=True)
+            for reading in batch.readings:
+                self._delete(reading.seq)
+        return self._enforce_limits()
+
+    def _delete(self, seq: int) -> None:
+        if self._rows.pop(seq, None) is not None:
+            del self._order[bisect.bisect_left(self._order, seq)]
+
+    def _enforce_limits(self) -> int:
+        victims: list[int] = []
+        limits = self._limits
+        droppable = [s for s in self._order if s not in self._track.seqs]
+        if limits.max_age is not None and self._order:
+            horizon = self._rows[self._order[-1]].ts - limits.max_age
+            victims = [s for s in droppable if self._rows[s].ts < horizon]
+        if limits.max_readings is not None:
+            excess = len(self._order) - len(victims) - limits.max_readings
+            if excess > 0:
+                rest = [s for s in droppable if s not in set(victims)]
+                victims.extend(rest[:excess])
+        for seq in victims:
+            self._delete(seq)
+        self._track.forget_returned(victims)
+        self._dropped += len(victims)
+        return len(victims)
+
+    def begin(self, limit: int, *, live: bool | None = None) -> Batch | None:
+        track = self._track
+        taken = track.take_returned(limit, live)
+        for lane in track.lanes(live):
+            after, upto = track.window(lane)
+            index = bisect.bisect_right(self._order, after)
+            while len(taken) < limit and index < len(self._order):
+                seq = self._order[index]
+                if upto is not None and seq > upto:
                     break
-        return self._track.open(taken)
+                track.examined(lane, seq)
+                if seq not in track.seqs:
+                    taken.append(self._rows[seq])
+                index += 1
+        return track.open(taken)
 
     def end(self, batch: Batch, *, accepted: bool) -> None:
-        self._track.close(batch, accepted=accepted)
         if accepted:
-            for reading in batch.readings:
-                self._rows.pop(reading.seq, None)
+            self.commit((), (batch,))
+        else:
+            self._track.close(batch, accepted=False)
+
+    def mark_live_boundary(self) -> None:
+        self._track.move_boundary(self._last_seq)
 
     def pending(self) -> int:
         return len(self._rows)
@@ -49,5 +96,9 @@ class MemoryBuffer:
     def last_seq(self) -> int:
         return self._last_seq
 
+    def dropped(self) -> int:
+        return self._dropped
+
     def close(self) -> None:
         self._rows.clear()
+        self._order.clear()

@@ -1,31 +1,35 @@
 """The durable buffer: one SQLite file in WAL mode.
 
 Why SQLite: atomic multi-row commits, crash safety proven by decades of use, and a file an installer
-can inspect with the ``sqlite3`` shell. Each ``append`` is one transaction (the scheduler appends one
-poll's readings at a time), never one per reading: an SD card pays >= 4 KiB per commit.
+can inspect with the ``sqlite3`` shell. Writes are grouped: `BufferWorker` calls ``commit`` once per
+commit window with every reading polled and every batch acknowledged in that window, because an SD
+card pays at least one 4 KiB page per transaction.
 
-Durability: ``synchronous=FULL`` by default, so an acknowledged ``append`` survives a power cut, not
-just a process crash. ``NORMAL`` (fsync at checkpoints only) may lose the last commits on power loss
-but never corrupts the file; it is available for cards where write volume matters more.
+Durability: ``synchronous=FULL`` (the default) makes a committed window survive a power cut;
+``NORMAL`` (fsync at checkpoints only) may lose the last windows on power loss but never corrupts the
+file. docs/benchmarks.md has the measured cost of each.
 
-The high-water sequence number lives in the ``meta`` table and is updated in the same transaction as
-the rows, so sequence numbers never repeat, even after every row was delivered and deleted.
+The high-water sequence number and the drop counter live in the ``meta`` table, updated in the same
+transaction as the rows, so sequence numbers never repeat, even after every row was delivered.
 
-A file that SQLite cannot open or whose ``quick_check`` fails is renamed to ``<name>.corrupt-<ts>``
-and a fresh buffer is started: a damaged card must not put the gateway into a crash loop. The move is
-reported through ``recovered_from``.
+A file that SQLite cannot open, or whose ``quick_check`` fails, is renamed to
+``<name>.corrupt-<time>`` and a fresh buffer is started: a damaged card must not put the gateway into
+a crash loop. Sequence numbers then continue above the damaged file's high-water mark when it can
+still be read, and otherwise jump to the current Unix time in milliseconds. A consumer sees a gap,
+which is the truth (the damaged file's readings are lost), and never a repeat.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.buffer.base import Batch, InflightTracker
+from gateway.buffer.base import Batch, BufferLimits, InflightTracker, check_sequence
 from gateway.model import Quality, Reading, Value, from_epoch_ms, to_epoch_ms
 
 log = logging.getLogger(__name__)
@@ -45,17 +49,27 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0), ('dropped', 0);
 """
 
 Synchronous = Literal["FULL", "NORMAL"]
+
+#: When over ``max_bytes``, drop down to this fraction of it, so that not every commit drops.
+BYTES_LOW_WATER = 0.9
 
 
 class SqliteBuffer:
     """A `gateway.buffer.Buffer` stored in an SQLite database at ``path``."""
 
-    def __init__(self, path: Path, *, synchronous: Synchronous = "FULL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        limits: BufferLimits | None = None,
+    ) -> None:
         self.path = path
+        self._limits = limits or BufferLimits()
         #: Where a damaged previous file was moved to, if one was found at start-up.
         self.recovered_from: Path | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,10 +78,15 @@ class SqliteBuffer:
         except sqlite3.DatabaseError as exc:
             self.recovered_from = self._move_aside(exc)
             self._db = self._open(synchronous)
+            self._db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'last_seq'",
+                (self._seq_floor_after_recovery(self.recovered_from),),
+            )
         self._track = InflightTracker()
-        self._last_seq = int(
-            self._db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
-        )
+        self._last_seq = self._meta("last_seq")
+        self._dropped = self._meta("dropped")
+        self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
 
     def _open(self, synchronous: Synchronous) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -83,8 +102,11 @@ class SqliteBuffer:
             raise
         return db
 
+    def _meta(self, key: str) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
     def _move_aside(self, exc: sqlite3.DatabaseError) -> Path:
-        target = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{time.time_ns()}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{self.path}{suffix}")
             if src.exists():
@@ -97,53 +119,126 @@ class SqliteBuffer:
         )
         return target
 
+    @staticmethod
+    def _seq_floor_after_recovery(damaged: Path) -> int:
+        try:
+            with sqlite3.connect(f"file:{damaged}?mode=ro", uri=True) as old:
+                return int(
+                    old.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
+                )
+        except (sqlite3.Error, TypeError):
+            return time.time_ns() // 1_000_000
+
     def append(self, readings: Sequence[Reading]) -> None:
-        if not readings:
-            return
-        rows = [_encode(r) for r in readings]
-        top = max(r.seq for r in readings)
-        if min(r.seq for r in readings) <= self._last_seq:
-            raise ValueError(f"sequence numbers must be above {self._last_seq}")
+        self.commit(readings, ())
+
+    def commit(self, readings: Sequence[Reading], accepted: Sequence[Batch]) -> int:
+        check_sequence(readings, self._last_seq)
+        for batch in accepted:
+            self._track.require(batch)
         db = self._db
+        count = self._count
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (top,))
+            if readings:
+                db.executemany(
+                    "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_encode(r) for r in readings],
+                )
+                db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (readings[-1].seq,))
+                count += len(readings)
+            gone = [(r.seq,) for batch in accepted for r in batch.readings]
+            if gone:
+                count -= db.executemany("DELETE FROM readings WHERE seq = ?", gone).rowcount
+            victims = self._victims(count)
+            if victims:
+                db.executemany("DELETE FROM readings WHERE seq = ?", [(s,) for s in victims])
+                db.execute(
+                    "UPDATE meta SET value = value + ? WHERE key = 'dropped'", (len(victims),)
+                )
+                count -= len(victims)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._last_seq = top
+        self._count = count
+        if readings:
+            self._last_seq = readings[-1].seq
+        for batch in accepted:
+            self._track.close(batch, accepted=True)
+        if victims:
+            self._dropped += len(victims)
+            self._track.forget_returned(victims)
+        return len(victims)
 
-    def begin(self, limit: int) -> Batch | None:
-        taken = self._track.take_returned(limit)
-        if len(taken) < limit:
-            cursor = self._db.execute(
-                "SELECT * FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
-                (self._track.cursor, limit - len(taken)),
+    def _victims(self, count: int) -> list[int]:
+        """Oldest sequence numbers (not in flight) to drop so that the limits hold again."""
+        limits, db, busy = self._limits, self._db, self._track.seqs
+        victims: list[int] = []
+        if limits.max_age is not None and count:
+            horizon = db.execute("SELECT max(ts_ms) FROM readings").fetchone()[0] - int(
+                limits.max_age.total_seconds() * 1000
             )
-            taken.extend(_decode(row) for row in cursor)
-        return self._track.open(taken)
+            rows = db.execute("SELECT seq FROM readings WHERE ts_ms < ? ORDER BY seq", (horizon,))
+            victims = [seq for (seq,) in rows if seq not in busy]
+        excess = 0
+        if limits.max_readings is not None:
+            excess = count - len(victims) - limits.max_readings
+        if limits.max_bytes is not None and count:
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            free = db.execute("PRAGMA freelist_count").fetchone()[0]
+            used = (pages - free) * self._page_size
+            if used > limits.max_bytes:
+                per_row = used / count
+                target = limits.max_bytes * BYTES_LOW_WATER
+                excess = max(excess, math.ceil((used - target) / per_row) - len(victims))
+        if excess > 0:
+            skip = set(victims) | busy
+            rows = db.execute(
+                "SELECT seq FROM readings ORDER BY seq LIMIT ?", (excess + len(skip),)
+            )
+            victims.extend([seq for (seq,) in rows if seq not in skip][:excess])
+        return victims
+
+    def begin(self, limit: int, *, live: bool | None = None) -> Batch | None:
+        track = self._track
+        taken = track.take_returned(limit, live)
+        for lane in track.lanes(live):
+            while len(taken) < limit:
+                after, upto = track.window(lane)
+                need = limit - len(taken)
+                if upto is None:
+                    rows = self._db.execute(
+                        "SELECT * FROM readings WHERE seq > ? ORDER BY seq LIMIT ?", (after, need)
+                    ).fetchall()
+                else:
+                    rows = self._db.execute(
+                        "SELECT * FROM readings WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                        (after, upto, need),
+                    ).fetchall()
+                if not rows:
+                    break
+                track.examined(lane, rows[-1][0])
+                taken.extend(_decode(row) for row in rows if row[0] not in track.seqs)
+        return track.open(taken)
 
     def end(self, batch: Batch, *, accepted: bool) -> None:
-        self._track.close(batch, accepted=accepted)
         if accepted:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "DELETE FROM readings WHERE seq = ?", [(r.seq,) for r in batch.readings]
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            self.commit((), (batch,))
+        else:
+            self._track.close(batch, accepted=False)
+
+    def mark_live_boundary(self) -> None:
+        self._track.move_boundary(self._last_seq)
 
     def pending(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        return self._count
 
     def last_seq(self) -> int:
         return self._last_seq
+
+    def dropped(self) -> int:
+        return self._dropped
 
     def close(self) -> None:
         self._db.close()

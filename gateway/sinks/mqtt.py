@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 class _Pending:
     batch: Batch
     mids: set[int] = field(default_factory=set)
+    #: paho refused part of the batch: hand it back instead of acknowledging it.
+    refused: bool = False
 
 
 @dataclass
@@ -93,33 +96,55 @@ class MqttPublisher:
             await self._shutdown(client)
 
     async def _publish_forever(self, client: mqtt.Client) -> None:
+        """Live readings first; the backlog through a token bucket of ``backlog_rate`` readings/s."""
         buffer = self._buffer
+        rate = self._config.backlog_rate
+        loop = asyncio.get_running_loop()
+        tokens, refilled = float(self._batch_size), loop.time()
         while True:
             await self._window_open.wait()
             buffer.appended.clear()
-            batch = await buffer.begin(self._batch_size)
+            batch = await buffer.begin(self._batch_size, live=True)
             if batch is None:
-                await buffer.appended.wait()
-                continue
-            pending = _Pending(batch)
-            for device, readings in group_by_device(batch.readings).items():
-                payload = encode_telemetry(self._site, device, readings)
-                topic = telemetry_topic(self._config.topic_prefix, self._site, device)
-                info = client.publish(topic, payload, qos=1)
-                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                    # paho refused to queue it at all: hand the rest of the batch back.
-                    log.error("MQTT publish refused (%s); will retry", mqtt.error_string(info.rc))
-                    break
-                pending.mids.add(info.mid)
-                self._by_mid[info.mid] = pending
-                self._inflight_messages += 1
-                self.stats.messages_sent += 1
-            if not pending.mids:
-                await buffer.end(batch, accepted=False)
-                await asyncio.sleep(1.0)
-                continue
-            if self._inflight_messages >= self._config.max_inflight:
-                self._window_open.clear()
+                now = loop.time()
+                if rate:
+                    tokens = min(float(self._batch_size), tokens + (now - refilled) * rate)
+                refilled = now
+                allowance = int(tokens) if rate else self._batch_size
+                if allowance >= 1:
+                    batch = await buffer.begin(allowance, live=False)
+                if batch is None:
+                    # Nothing live; the backlog is empty, in flight, or waiting for tokens.
+                    wait = (1 - tokens) / rate if rate and allowance < 1 else None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(buffer.appended.wait(), wait)
+                    continue
+                if rate:
+                    tokens -= len(batch.readings)
+            await self._publish(client, batch)
+
+    async def _publish(self, client: mqtt.Client, batch: Batch) -> None:
+        pending = _Pending(batch)
+        for device, readings in group_by_device(batch.readings).items():
+            payload = encode_telemetry(self._site, device, readings)
+            topic = telemetry_topic(self._config.topic_prefix, self._site, device)
+            info = client.publish(topic, payload, qos=1)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                # paho refused to queue it: the batch goes back whole once its published part
+                # is acknowledged (duplicates are harmless, a partial acknowledgement is loss).
+                log.error("MQTT publish refused (%s); will retry", mqtt.error_string(info.rc))
+                pending.refused = True
+                break
+            pending.mids.add(info.mid)
+            self._by_mid[info.mid] = pending
+            self._inflight_messages += 1
+            self.stats.messages_sent += 1
+        if not pending.mids:
+            await self._buffer.end(batch, accepted=False)
+            await asyncio.sleep(1.0)
+            return
+        if self._inflight_messages >= self._config.max_inflight:
+            self._window_open.clear()
 
     async def wait_drained(self) -> None:
         """Return once the buffer is empty and nothing is in flight (callers bound the wait).
@@ -144,14 +169,17 @@ class MqttPublisher:
         self.stats.messages_acked += 1
         pending.mids.discard(mid)
         if not pending.mids:
-            self.stats.readings_acked += len(pending.batch.readings)
-            task = asyncio.get_running_loop().create_task(
-                self._buffer.end(pending.batch, accepted=True), name="buffer-end"
-            )
-            self._end_tasks.add(task)
-            task.add_done_callback(self._ended)
+            accepted = not pending.refused
+            if accepted:
+                self.stats.readings_acked += len(pending.batch.readings)
+            self._spawn(self._buffer.end(pending.batch, accepted=accepted), "buffer-end")
         if self._inflight_messages < self._config.max_inflight:
             self._window_open.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._end_tasks.add(task)
+        task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._end_tasks.discard(task)
@@ -167,6 +195,8 @@ class MqttPublisher:
             )
             return
         self.stats.connects += 1
+        # What piled up while disconnected is backlog now; fresh readings overtake it.
+        self._spawn(self._buffer.mark_live_boundary(), "mark-live-boundary")
         log.info("connected to MQTT broker %s:%s", self._config.host, self._config.port)
         online = encode_status(self._site, "online", version=__version__, ts=datetime.now(UTC))
         client.publish(self._status_topic, online, qos=1, retain=True)
