@@ -8,11 +8,13 @@ after a pause, so one faulty driver cannot stop the other buses or the publisher
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from gateway.buffer import BufferLimits, BufferWorker, SqliteBuffer
 from gateway.config import BufferConfig, GatewayConfig
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 RESTART_PAUSE = 5.0
 #: On a clean stop, how long the publisher may keep draining the buffer after polling stopped.
 DRAIN_TIMEOUT = 5.0
+#: Seconds between status publications (also published at once when the buffer drops readings).
+STATUS_INTERVAL = 60.0
 
 
 @dataclass
@@ -68,13 +72,16 @@ async def run_gateway(
             started(runtime)
         async with asyncio.TaskGroup() as group:
             mqtt_task = group.create_task(_supervise("mqtt", publisher.run), name="mqtt")
+            status_task = group.create_task(
+                _supervise("status", lambda: _report_status(runtime)), name="status"
+            )
             polling = [
                 group.create_task(_supervise(poller.name, poller.run), name=poller.name)
                 for poller in runtime.pollers
             ]
             await stop.wait()
             log.info("stopping: polling ends; up to %.0f s to publish the buffer", DRAIN_TIMEOUT)
-            for task in polling:
+            for task in [*polling, status_task]:
                 task.cancel()
             await asyncio.gather(*polling, return_exceptions=True)
             try:
@@ -128,6 +135,35 @@ def _staging_sink(buffer: BufferWorker) -> Callable[[Sequence[Reading]], Awaitab
         buffer.stage(readings)
 
     return stage
+
+
+def status_details(runtime: GatewayRuntime, pending: int, dropped: int) -> dict[str, Any]:
+    """The counters published with the status (documented in docs/mqtt.md)."""
+    devices = {
+        state.id: {
+            "available": state.available,
+            "polls": state.polls,
+            "errors": dict(sorted(state.errors.items())),
+        }
+        for poller in runtime.pollers
+        for state in poller.devices
+    }
+    return {
+        "buffer": {"pending": pending, "dropped": dropped, "unstored": runtime.buffer.unstored},
+        "devices": devices,
+    }
+
+
+async def _report_status(runtime: GatewayRuntime) -> None:
+    """Publish the status with counters every `STATUS_INTERVAL` s, and at once after drops."""
+    wake = asyncio.Event()
+    runtime.buffer.on_dropped = lambda count: wake.set()
+    while True:
+        pending, dropped = await runtime.buffer.pending(), await runtime.buffer.dropped()
+        runtime.publisher.publish_status(status_details(runtime, pending, dropped))
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), STATUS_INTERVAL)
 
 
 async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -8,12 +8,14 @@ Topics (``P`` = ``[mqtt] topic_prefix``, ``S`` = site id, ``D`` = device id):
 - ``P/S/telemetry/D`` — QoS 1, not retained: readings of device D, oldest first.
 - ``P/S/status``      — QoS 1, retained: the gateway's birth message, replaced by the last will.
 - ``P/S/deadletter``  — QoS 1: payloads the bridge could not accept, with the reason.
+- ``P/S/alarms/D/A`` — QoS 1, retained: state of alarm A of device D (``gateway.status``).
+- ``P/S/events``      — QoS 1, not retained: alarms raised and cleared.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -42,6 +44,16 @@ def status_topic(prefix: str, site: str) -> str:
 def deadletter_topic(prefix: str, site: str) -> str:
     """Where the bridge republishes what it could not accept."""
     return f"{prefix}/{site}/deadletter"
+
+
+def alarm_topic(prefix: str, site: str, device: str, alarm: str) -> str:
+    """Retained state of alarm ``alarm`` of device ``device`` (see gateway/schema/alarm.json)."""
+    return f"{prefix}/{site}/alarms/{device}/{alarm}"
+
+
+def events_topic(prefix: str, site: str) -> str:
+    """Non-retained events of a site: alarms raised and cleared."""
+    return f"{prefix}/{site}/events"
 
 
 def encode_telemetry(site: str, device: str, readings: Sequence[Reading]) -> bytes:
@@ -74,10 +86,19 @@ def group_by_device(readings: Iterable[Reading]) -> dict[str, list[Reading]]:
 
 
 def encode_status(
-    site: str, state: Literal["online", "offline"], *, version: str, ts: datetime
+    site: str,
+    state: Literal["online", "offline"],
+    *,
+    version: str,
+    ts: datetime,
+    details: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """The retained status payload; ``offline`` is also the last will."""
+    """The retained status payload; ``offline`` is also the last will.
+
+    ``details`` (buffer and device counters, see docs/mqtt.md) is merged in while online.
+    """
     body = {"v": SCHEMA_VERSION, "site": site, "state": state, "version": version, "ts": iso_ms(ts)}
+    body.update(details or {})
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +75,8 @@ class MqttPublisher:
         self._window_open.set()
         self._end_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._client: mqtt.Client | None = None
+        self._details: dict[str, Any] = {}
         self._progress = asyncio.Event()
         self.connected = asyncio.Event()
         self.stats = PublisherStats()
@@ -102,6 +104,9 @@ class MqttPublisher:
         loop = asyncio.get_running_loop()
         tokens, refilled = float(self._batch_size), loop.time()
         while True:
+            # Nothing is begun while disconnected: it could not go out anyway, and what stays in the
+            # buffer is what the limits may drop (oldest first), not what sits in paho's queue.
+            await self.connected.wait()
             await self._window_open.wait()
             buffer.appended.clear()
             batch = await buffer.begin(self._batch_size, live=True)
@@ -145,6 +150,16 @@ class MqttPublisher:
             return
         if self._inflight_messages >= self._config.max_inflight:
             self._window_open.clear()
+
+    def publish_status(self, details: Mapping[str, Any]) -> None:
+        """Publish the retained ``online`` status with ``details`` (counters); also on reconnect."""
+        self._details = dict(details)
+        if self._client is None or self._stopping:
+            return
+        online = encode_status(
+            self._site, "online", version=__version__, ts=datetime.now(UTC), details=details
+        )
+        self._client.publish(self._status_topic, online, qos=1, retain=True)
 
     async def wait_drained(self) -> None:
         """Return once the buffer is empty and nothing is in flight (callers bound the wait).
@@ -198,8 +213,8 @@ class MqttPublisher:
         # What piled up while disconnected is backlog now; fresh readings overtake it.
         self._spawn(self._buffer.mark_live_boundary(), "mark-live-boundary")
         log.info("connected to MQTT broker %s:%s", self._config.host, self._config.port)
-        online = encode_status(self._site, "online", version=__version__, ts=datetime.now(UTC))
-        client.publish(self._status_topic, online, qos=1, retain=True)
+        self._client = client
+        self.publish_status(self._details)
         self.connected.set()
 
     def _on_disconnect(self, reason_code: Any) -> None:

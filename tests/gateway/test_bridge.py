@@ -43,7 +43,7 @@ def readings(device: str, first_seq: int, count: int) -> list[Reading]:
             metric="co2",
             value=400 + i,
             unit="ppm",
-            ts=T0 + timedelta(seconds=5 * i),
+            ts=T0 + timedelta(seconds=5 * (first_seq + i)),
             seq=first_seq + i,
         )
         for i in range(count)
@@ -163,3 +163,74 @@ def test_store_down_keeps_messages_unacknowledged_until_it_is_back(
 
     run_bridge(broker, tsdb, body)
     assert len(series(tsdb.port, "co2_value")) == 30
+
+
+def test_two_bridges_share_the_load_and_write_everything_once(
+    broker: ServerProcess, tsdb: ServerProcess
+) -> None:
+    """Issue 5, acceptance 7: `$share/<group>/...` splits the stream between two bridges."""
+
+    def config(client_id: str) -> Any:
+        return parse_config(
+            {
+                "site": {"id": "kg"},
+                "mqtt": {"host": "127.0.0.1", "port": broker.port},
+                "influxdb": {
+                    "url": f"http://127.0.0.1:{tsdb.port}",
+                    "org": "o",
+                    "bucket": "b",
+                    "flush_interval": 0.05,
+                    "batch_size": 5,
+                },
+                "bridge": {"client_id": client_id, "share_group": "writers"},
+            },
+            source="test",
+        )
+
+    devices = [f"room-{i}" for i in range(8)]
+    per_message, per_device = 5, 12
+    messages = [
+        (
+            f"canary/kg/telemetry/{device}",
+            encode_telemetry(
+                "kg",
+                device,
+                readings(device, 1 + d * 1000 + m * per_message, per_message),
+            ),
+        )
+        for d, device in enumerate(devices)
+        for m in range(per_device)
+    ]
+    total = len(messages) * per_message
+
+    async def main() -> list[Bridge]:
+        bridges = [
+            Bridge(
+                config=config(name),
+                writer=InfluxWriter(
+                    url=f"http://127.0.0.1:{tsdb.port}", org="o", bucket="b", token=None
+                ),
+            )
+            for name in ("bridge-a", "bridge-b")
+        ]
+        tasks = [asyncio.create_task(b.run()) for b in bridges]
+        try:
+            for bridge in bridges:
+                await asyncio.wait_for(bridge.subscribed.wait(), 10)
+            await asyncio.to_thread(publish, broker.port, messages)
+            await until(
+                lambda: sum(b.stats.messages_acked for b in bridges) >= len(messages),
+                20,
+                "both bridges to acknowledge everything",
+            )
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return bridges
+
+    bridges = asyncio.run(main())
+    written = [b.stats.points_written for b in bridges]
+    assert all(w > 0 for w in written), f"one bridge did all the work: {written}"
+    assert sum(written) == total
+    assert len(series(tsdb.port, "co2_seq")) == total

@@ -10,114 +10,24 @@ VictoriaMetrics' export API.
 from __future__ import annotations
 
 import signal
-import sqlite3
-import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.servers import RUNNING, ServerProcess, free_port, vm_export, wait_until
+from tests.servers import ServerProcess, free_port, wait_until
+from tests.system.harness import (
+    DEMO_DEVICES,
+    GATEWAY,
+    Process,
+    buffer_state,
+    site_config,
+    stored,
+    ts_ms,
+)
 from tests.system.mqtt_capture import MqttCapture
-
-ROOT = Path(__file__).resolve().parents[2]
-GATEWAY = str(Path(sys.executable).with_name("gateway"))
-DEMO_DEVICES = {
-    "b1-main-meter",
-    "b1-aircon-meter",
-    "b1-room-ladybird",
-    "b2-main-meter",
-    "b2-aircon-meter",
-    "b2-room-hedgehog",
-}
-
-
-def site_config(
-    tmp_path: Path,
-    *,
-    broker: int,
-    tsdb: int,
-    modbus_ports: tuple[int, int] = (15021, 15022),
-    i2c_ports: tuple[int, int] = (17101, 17102),
-) -> Path:
-    """config/demo.toml with this test's broker, store, buffer and device ports."""
-    text = (ROOT / "config" / "demo.toml").read_text()
-    replacements = {
-        "port = 1883": f"port = {broker}",
-        "http://127.0.0.1:8428": f"http://127.0.0.1:{tsdb}",
-        "/tmp/canary-gateway-demo/buffer.sqlite3": str(tmp_path / "buffer.sqlite3"),
-        "port = 15021": f"port = {modbus_ports[0]}",
-        "port = 15022": f"port = {modbus_ports[1]}",
-        "127.0.0.1:17101": f"127.0.0.1:{i2c_ports[0]}",
-        "127.0.0.1:17102": f"127.0.0.1:{i2c_ports[1]}",
-    }
-    for old, new in replacements.items():
-        assert old in text, f"config/demo.toml no longer contains {old!r}; update this test"
-        text = text.replace(old, new)
-    path = tmp_path / "gateway.toml"
-    path.write_text(text)
-    return path
-
-
-class Process:
-    """A gateway/bridge/simulator child process with its output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], tmp_path: Path) -> None:
-        self.name = name
-        self.log = tmp_path / f"{name}.log"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        RUNNING.add(self.proc)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            RUNNING.discard(self.proc)
-        return code
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for process in started:
-        process.stop(signal.SIGKILL)
-
-
-def buffer_state(path: Path) -> tuple[int, int]:
-    """(last sequence number, readings still buffered) read straight from the SQLite file."""
-    with sqlite3.connect(path) as db:
-        last = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
-        pending = db.execute("SELECT count(*) FROM readings").fetchone()[0]
-    return int(last), int(pending)
-
-
-def stored(tsdb: int, suffix: str) -> dict[tuple[str, str, int], float]:
-    """(device, metric, timestamp ms) -> value for every ``<metric>_<suffix>`` series in the store."""
-    out: dict[tuple[str, str, int], float] = {}
-    for row in vm_export(tsdb, f'{{__name__=~".+_{suffix}"}}'):
-        metric = row["metric"]["__name__"].removesuffix(f"_{suffix}")
-        for value, ts in zip(row["values"], row["timestamps"], strict=True):
-            out[(row["metric"]["device"], metric, ts)] = value
-    return out
-
-
-def ts_ms(iso: str) -> int:
-    from datetime import datetime  # noqa: PLC0415
-
-    return int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 @pytest.mark.system
@@ -140,7 +50,7 @@ def test_every_polled_reading_reaches_the_store(
 
         def polled_three_times() -> bool:
             per_device = Counter(
-                r["device"] for r in capture.readings() if r["metric"] in ("co2", "power")
+                r["device"] for r in capture.readings() if r["metric"] in ("co2", "power", "pm25")
             )
             return set(per_device) == DEMO_DEVICES and min(per_device.values()) >= 3
 
