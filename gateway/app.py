@@ -13,15 +13,25 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.buffer import BufferLimits, BufferWorker, SqliteBuffer
-from gateway.config import BufferConfig, GatewayConfig
+from gateway.buffer.sqlite import current_boot_id
+from gateway.clock import (
+    TIMESYNCD_FLAG,
+    ClockMonitor,
+    SyncGeneration,
+    always_synced,
+    file_generation,
+)
+from gateway.config import BufferConfig, ClockConfig, GatewayConfig
 from gateway.model import Reading
 from gateway.registry import BusRegistry, build_driver
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
 from gateway.sinks.mqtt import MqttPublisher
+from gateway.status.service import StatusService
+from gateway.timekeeper import TimeKeeper
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +59,12 @@ async def run_gateway(
     stop: asyncio.Event,
     simulate: bool = False,
     started: Callable[[GatewayRuntime], None] | None = None,
+    monitor: ClockMonitor | None = None,
 ) -> None:
-    """Run until ``stop`` is set. With ``simulate``, serve every device from an in-process simulator."""
+    """Run until ``stop`` is set. With ``simulate``, serve every device from an in-process simulator.
+
+    ``monitor`` replaces the clock monitor built from ``[clock]`` (tests drive time with it).
+    """
     async with AsyncExitStack() as stack:
         buses = BusRegistry()
         if simulate:
@@ -66,22 +80,32 @@ async def run_gateway(
             log.info("buffer holds %d readings from before; publishing them first", pending)
         sequence = SequenceCounter(await buffer.last_seq())
         publisher = MqttPublisher(config=config.mqtt, site=config.site.id, buffer=buffer)
+        monitor = monitor or ClockMonitor(
+            sync_generation=sync_source(config.clock), step_tolerance=config.clock.step_tolerance
+        )
+        keeper = TimeKeeper(monitor=monitor, buffer=buffer, hold_seconds=config.clock.hold_unsynced)
+        display = _status_service(config, simulate=simulate, stack=stack)
         runtime = GatewayRuntime(config=config, buffer=buffer, publisher=publisher, pollers=[])
-        runtime.pollers = _pollers(config, buses, sequence, _staging_sink(buffer))
+        sink = _sink(buffer, keeper, display)
+        runtime.pollers = _pollers(config, buses, sequence, sink, monitor.stamp)
         if started is not None:
             started(runtime)
+        side_tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("status", lambda: _report_status(runtime)),
+            ("clock", keeper.run),
+        ]
+        if display is not None:
+            side_tasks.append(("display", display.run))
         async with asyncio.TaskGroup() as group:
             mqtt_task = group.create_task(_supervise("mqtt", publisher.run), name="mqtt")
-            status_task = group.create_task(
-                _supervise("status", lambda: _report_status(runtime)), name="status"
-            )
+            others = [group.create_task(_supervise(n, fn), name=n) for n, fn in side_tasks]
             polling = [
                 group.create_task(_supervise(poller.name, poller.run), name=poller.name)
                 for poller in runtime.pollers
             ]
             await stop.wait()
             log.info("stopping: polling ends; up to %.0f s to publish the buffer", DRAIN_TIMEOUT)
-            for task in [*polling, status_task]:
+            for task in [*polling, *others]:
                 task.cancel()
             await asyncio.gather(*polling, return_exceptions=True)
             try:
@@ -98,11 +122,40 @@ async def run_gateway(
             log.info("stopped: last sequence number %d; %d readings stay buffered", last_seq, left)
 
 
+def sync_source(config: ClockConfig) -> SyncGeneration:
+    """The clock's sync source for ``[clock] sync`` (see `gateway.config.ClockConfig`)."""
+    if config.sync == "none":
+        return always_synced
+    if config.sync == "file" and config.sync_file is not None:
+        return file_generation(config.sync_file)
+    if config.sync == "timesyncd" or TIMESYNCD_FLAG.parent.is_dir():
+        return file_generation(TIMESYNCD_FLAG)
+    log.info("systemd-timesyncd does not run here; trusting the system clock ([clock] sync)")
+    return always_synced
+
+
+def _status_service(
+    config: GatewayConfig, *, simulate: bool, stack: AsyncExitStack
+) -> StatusService | None:
+    """The classroom LEDs and panels, when ``[status]`` configures rooms."""
+    if not config.status.rooms:
+        return None
+    pin_factory = None
+    if simulate:
+        from gpiozero.pins.mock import MockFactory  # noqa: PLC0415 - no GPIO pins off a Pi
+
+        pin_factory = MockFactory()
+    service = StatusService(config=config, pin_factory=pin_factory)
+    stack.callback(service.close)
+    return service
+
+
 def _pollers(
     config: GatewayConfig,
     buses: BusRegistry,
     sequence: SequenceCounter,
     sink: Callable[[Sequence[Reading]], Awaitable[None]],
+    stamp: Callable[[], tuple[datetime, bool]],
 ) -> list[BusPoller]:
     by_bus: dict[str, list[DeviceState]] = {}
     for device in config.enabled_devices():
@@ -114,7 +167,7 @@ def _pollers(
         )
         by_bus.setdefault(device.bus_key(), []).append(state)
     return [
-        BusPoller(name=f"bus {key}", devices=devices, sink=sink, sequence=sequence)
+        BusPoller(name=f"bus {key}", devices=devices, sink=sink, sequence=sequence, stamp=stamp)
         for key, devices in by_bus.items()
     ]
 
@@ -125,16 +178,26 @@ def _open_buffer(config: BufferConfig) -> SqliteBuffer:
         max_bytes=config.max_bytes,
         max_age=timedelta(days=config.max_age_days),
     )
-    return SqliteBuffer(config.path, synchronous=config.synchronous, limits=limits)
+    return SqliteBuffer(
+        config.path, synchronous=config.synchronous, limits=limits, boot_id=current_boot_id()
+    )
 
 
-def _staging_sink(buffer: BufferWorker) -> Callable[[Sequence[Reading]], Awaitable[None]]:
-    """Hand readings to the buffer's next group commit; never waits on the disk."""
+def _sink(
+    buffer: BufferWorker, keeper: TimeKeeper, display: StatusService | None
+) -> Callable[[Sequence[Reading]], Awaitable[None]]:
+    """Show the readings locally, then hand them to the buffer's next group commit.
 
-    async def stage(readings: Sequence[Reading]) -> None:
-        buffer.stage(readings)
+    The display sees them first so that a storage problem never delays an alarm; staging never
+    waits on the disk. Untrusted readings are staged with their clock offset while held.
+    """
 
-    return stage
+    async def observe_then_stage(readings: Sequence[Reading]) -> None:
+        if display is not None:
+            display.observe(readings)
+        buffer.stage(readings, clock_offset_ms=keeper.offset_for_stage())
+
+    return observe_then_stage
 
 
 def status_details(runtime: GatewayRuntime, pending: int, dropped: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,7 +26,9 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.modbus.profiles import available_profiles
+from drivers.modbus.codec import DataType
+from drivers.modbus.profiles import available_profiles, profile_from_table
+from drivers.modbus.sunspec.models import SUPPORTED_MODELS
 from gateway.errors import ConfigError
 
 #: Identifiers end up in MQTT topics and time-series tags: keep them to a safe, readable alphabet.
@@ -37,12 +40,14 @@ _ID_HELP = (
 _BUS_PATTERN = r"^(/dev/i2c-\d+|tcp://[^:/]+:\d{1,5})$"
 _URL_PATTERN = r"^https?://"
 _TOPIC_PATTERN = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"
+_SERIAL_PATTERN = r"^/"
 #: What a pattern means, for error messages (a regex is not an explanation).
 _PATTERN_HELP = {
     _ID_PATTERN: f"expected an identifier: {_ID_HELP}",
     _BUS_PATTERN: "expected /dev/i2c-N (a Linux I2C bus) or tcp://HOST:PORT (a served bus)",
     _URL_PATTERN: "expected an http:// or https:// URL",
     _TOPIC_PATTERN: "expected topic levels of letters, digits, '-' or '_' separated by '/'",
+    _SERIAL_PATTERN: "expected the absolute path of a serial device, e.g. /dev/ttyUSB0",
 }
 
 Identifier = Annotated[str, Field(pattern=_ID_PATTERN)]
@@ -139,6 +144,29 @@ class BufferConfig(_Model):
     max_readings: Annotated[int, Field(ge=1)] | None = None
 
 
+class ClockConfig(_Model):
+    """How the gateway knows its wall clock is right (a Pi has no battery-backed clock).
+
+    ``sync``: ``auto`` uses systemd-timesyncd's flag where timesyncd runs, and otherwise trusts
+    the system clock; ``timesyncd`` always uses the flag; ``file`` uses ``sync_file`` (any file
+    touched on each synchronisation, e.g. by a chrony hook); ``none`` trusts the clock (a
+    real-time clock or GPS).
+    """
+
+    sync: Literal["auto", "timesyncd", "file", "none"] = "auto"
+    sync_file: FilePath | None = None
+    #: How long untrusted readings are held for re-stamping before they go out flagged.
+    hold_unsynced: Annotated[float, Field(ge=0, le=86_400)] = 120.0
+    #: A jump of wall minus monotonic time larger than this (seconds) is a clock step.
+    step_tolerance: Annotated[float, Field(gt=0, le=3600)] = 1.0
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> ClockConfig:
+        if (self.sync == "file") != (self.sync_file is not None):
+            raise ValueError("sync_file is required with sync = \"file\" and only then")
+        return self
+
+
 class InfluxConfig(_Model):
     """The InfluxDB v2 write API the bridge writes to (InfluxDB 2.x, VictoriaMetrics, ...)."""
 
@@ -167,6 +195,60 @@ class TcpTransport(_Model):
     port: Port = 502
 
 
+#: Inter-transaction pause on a serial line, in seconds (on top of the t3.5 gap the baud needs).
+LinePause = Annotated[float, Field(ge=0, le=10)]
+
+
+class RtuTransport(_Model):
+    """Modbus RTU on a local serial port (an RS-485 adapter). Every device with the same ``port``
+    is on one line: one bus task polls them in turn, and they must agree on the line settings."""
+
+    kind: Literal["rtu"]
+    #: The serial device, e.g. ``/dev/ttyUSB0`` or ``/dev/serial/by-id/...``.
+    port: Annotated[str, Field(pattern=_SERIAL_PATTERN)]
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    pause: LinePause = 0.0
+
+    def line_key(self) -> str:
+        """The physical line: one serial port."""
+        return f"modbus-rtu:{self.port}"
+
+    def settings(self) -> tuple[object, ...]:
+        """What every device on the line must agree on."""
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize, self.pause)
+
+
+class RtuOverTcpTransport(_Model):
+    """Modbus RTU frames tunnelled over TCP by a transparent serial-to-Ethernet converter (not a
+    Modbus TCP gateway, which would speak ``kind = "tcp"``). The converter does the serial timing."""
+
+    kind: Literal["rtu-over-tcp"]
+    host: str
+    port: Port
+    pause: LinePause = 0.0
+
+    def line_key(self) -> str:
+        """The physical line behind the converter."""
+        return f"modbus-rtu-tcp://{self.host}:{self.port}"
+
+    def settings(self) -> tuple[object, ...]:
+        """What every device on the line must agree on."""
+        return (self.pause,)
+
+
+ModbusTransport = Annotated[
+    TcpTransport | RtuTransport | RtuOverTcpTransport, Field(discriminator="kind")
+]
+#: The values of a transport's ``kind`` key.
+TRANSPORT_KINDS: tuple[str, ...] = tuple(
+    get_args(model.model_fields["kind"].annotation)[0]
+    for model in (TcpTransport, RtuTransport, RtuOverTcpTransport)
+)
+
+
 class _DeviceBase(_Model):
     id: Identifier
     interval: Interval = 10.0
@@ -175,25 +257,118 @@ class _DeviceBase(_Model):
     enabled: bool = True
 
 
+class ModbusPointConfig(_Model):
+    """One user-declared register point (the same keys as a shipped profile's points)."""
+
+    key: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+    #: Named ``register`` in the file; ``register`` itself is taken by pydantic's metaclass.
+    kind: Literal["input", "holding"] = Field(alias="register")
+    address: Annotated[int, Field(ge=0, le=65535)]
+    type: str
+    order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    #: Raw "not available" value; false disables the type's default sentinel.
+    invalid: int | float | bool | None = None
+    description: str = ""
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, name: str) -> str:
+        known = [t.value for t in DataType]
+        if name not in known:
+            raise ValueError(f"expected one of {', '.join(known)} (got {name!r})")
+        return name
+
+    def table(self) -> dict[str, Any]:
+        """The point as a profile table entry (`drivers.modbus.profiles` layout)."""
+        return self.model_dump(exclude={"key"}, exclude_none=True, by_alias=True)
+
+
 class ModbusDevice(_DeviceBase):
-    """A Modbus device described by a shipped profile (see `drivers.modbus.profiles`)."""
+    """A Modbus device described by a shipped profile (see `drivers.modbus.profiles`), or by
+    its own point table (``points``) when no profile fits: exactly one of the two."""
 
     driver: Literal["modbus"]
-    profile: str
+    profile: str | None = None
+    points: list[ModbusPointConfig] | None = None
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
-    transport: TcpTransport
+    transport: ModbusTransport
 
     @field_validator("profile")
     @classmethod
-    def _known_profile(cls, name: str) -> str:
+    def _known_profile(cls, name: str | None) -> str | None:
         known = available_profiles()
-        if name not in known:
+        if name is not None and name not in known:
             raise ValueError(f"unknown Modbus profile {name!r}; known: {', '.join(known)}")
         return name
 
+    @model_validator(mode="after")
+    def _profile_or_points(self) -> ModbusDevice:
+        if (self.profile is None) == (self.points is None):
+            raise ValueError("give exactly one of 'profile' (a shipped device) or 'points'")
+        keys = [p.key for p in self.points or ()]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"points: duplicate keys {duplicates}")
+        if self.points is not None:
+            # The same validation as a shipped profile: types, duplicate keys, sizes.
+            profile_from_table(self.id, self.point_table())
+        return self
+
+    def point_table(self) -> dict[str, Any]:
+        """The user-declared points as a profile table, for `profile_from_table`."""
+        return {"points": {p.key: p.table() for p in self.points or ()}}
+
+    @model_validator(mode="after")
+    def _rtu_unit_id(self) -> ModbusDevice:
+        if self.transport.kind != "tcp" and self.unit_id == 0:
+            raise ValueError("unit_id 0 is the RTU broadcast address (no answer); use 1..247")
+        return self
+
     def bus_key(self) -> str:
-        """Devices with the same key share one physical bus/connection and are polled in turn."""
+        """Devices with the same key share one physical bus/connection and are polled in turn:
+        a TCP endpoint, or a serial line (its port path)."""
+        if isinstance(self.transport, TcpTransport):
+            return f"modbus-tcp://{self.transport.host}:{self.transport.port}"
+        return self.transport.line_key()
+
+
+class SunSpecDevice(_DeviceBase):
+    """A SunSpec device (PV inverter, meter): its models are discovered, not declared.
+
+    ``models`` limits polling to these model ids (e.g. ``[103, 160]``); by default every
+    supported model the device announces is polled (see docs/configuration.md for the keys).
+    """
+
+    driver: Literal["sunspec"]
+    unit_id: Annotated[int, Field(ge=0, le=247)] = 1
+    transport: TcpTransport
+    models: list[int] | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _supported_models(cls, models: list[int] | None) -> list[int] | None:
+        unknown = sorted(set(models or ()) - set(SUPPORTED_MODELS))
+        if unknown:
+            known = ", ".join(str(m) for m in SUPPORTED_MODELS)
+            raise ValueError(f"unsupported SunSpec models {unknown}; supported: {known}")
+        return models
+
+    def bus_key(self) -> str:
+        """The same key as a Modbus device on the same endpoint: one connection, polled in turn."""
         return f"modbus-tcp://{self.transport.host}:{self.transport.port}"
+
+
+def _stuck_polls(value: int) -> int:
+    if value == 1:
+        raise ValueError("expected 0 (check off) or a number >= 2")
+    return value
+
+
+#: How many identical raw measurements in a row mean "stuck"; 0 turns the check off.
+StuckPolls = Annotated[int, Field(ge=0, le=10_000), AfterValidator(_stuck_polls)]
 
 
 class Scd4xDevice(_DeviceBase):
@@ -205,17 +380,142 @@ class Scd4xDevice(_DeviceBase):
     address: Annotated[int, Field(ge=0x03, le=0x77)] = 0x62
     interval: Annotated[float, Field(ge=5, le=86_400)] = 5.0
     low_power: bool = False
+    #: Compensation, applied at every start (``None``: leave the chip's own setting). The EEPROM
+    #: is written only when a setting differs from what the chip has persisted.
+    self_calibration: bool | None = None
+    altitude_m: Annotated[int, Field(ge=0, le=3000)] | None = None
+    ambient_pressure_hpa: Annotated[int, Field(ge=700, le=1200)] | None = None
+    temperature_offset_c: Annotated[float, Field(ge=0, le=20)] | None = None
+    #: The same raw measurement this many times in a row is "stuck" (no value, counted); 0: off.
+    stuck_polls: StuckPolls = 12
+
+    @model_validator(mode="after")
+    def _altitude_or_pressure(self) -> Scd4xDevice:
+        if self.altitude_m is not None and self.ambient_pressure_hpa is not None:
+            raise ValueError(
+                "give altitude_m or ambient_pressure_hpa, not both (a set pressure overrides"
+                " the altitude in the chip)"
+            )
+        return self
 
     def bus_key(self) -> str:
         """One I2C bus is one serial resource, shared by every chip on it."""
         return f"i2c:{self.bus}"
 
 
-DeviceConfig = Annotated[ModbusDevice | Scd4xDevice, Field(discriminator="driver")]
+class Pmsa003iDevice(_DeviceBase):
+    """A Plantower PMSA003I particulate sensor (PM1, PM2.5, PM10, particle counts) on an I2C bus.
+
+    Usually on the same bus as the room's SCD4x: the same ``bus`` value makes both one bus task.
+    """
+
+    driver: Literal["pmsa003i"]
+    bus: Annotated[str, Field(pattern=_BUS_PATTERN)] = "/dev/i2c-1"
+    address: Annotated[int, Field(ge=0x03, le=0x77)] = 0x12
+    #: The chip refreshes its frame about once a second.
+    interval: Annotated[float, Field(ge=1, le=86_400)] = 10.0
+    #: No values for this long after the driver opened (woke) the chip; datasheet: >= 30 s.
+    warmup_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+    stuck_polls: StuckPolls = 10
+
+    def bus_key(self) -> str:
+        """One I2C bus is one serial resource, shared by every chip on it."""
+        return f"i2c:{self.bus}"
+
+
+DeviceConfig = Annotated[
+    ModbusDevice | SunSpecDevice | Scd4xDevice | Pmsa003iDevice, Field(discriminator="driver")
+]
 #: The values of the ``driver`` key, in the order they are documented.
 DRIVER_NAMES: tuple[str, ...] = tuple(
-    get_args(model.model_fields["driver"].annotation)[0] for model in (ModbusDevice, Scd4xDevice)
+    get_args(model.model_fields["driver"].annotation)[0]
+    for model in (ModbusDevice, SunSpecDevice, Scd4xDevice, Pmsa003iDevice)
 )
+
+
+#: A Raspberry Pi GPIO by its BCM number (the numbering gpiozero uses by default).
+GpioPin = Annotated[int, Field(ge=0, le=27)]
+Ppm = Annotated[float, Field(gt=0, le=40_000)]
+Ugm3 = Annotated[float, Field(gt=0, le=1000)]
+
+
+class LedPins(_Model):
+    """The three LEDs of a room's traffic light, by BCM GPIO number."""
+
+    red: GpioPin
+    amber: GpioPin
+    green: GpioPin
+
+
+class PanelConfig(_Model):
+    """A room's e-ink panel: ``png`` writes ``path`` (simulation, kiosks); ``inky`` drives a Pimoroni panel."""
+
+    size: Literal["250x122", "296x128"] = "250x122"
+    backend: Literal["png", "inky"] = "png"
+    path: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _png_needs_a_path(self) -> PanelConfig:
+        if self.backend == "png" and self.path is None:
+            raise ValueError("the png backend needs 'path'")
+        return self
+
+
+class RoomConfig(_Model):
+    """A room shown locally: its canary devices, and optionally a traffic light and an e-ink panel."""
+
+    id: Identifier
+    name: str
+    devices: Annotated[list[Identifier], Field(min_length=1)]
+    led: LedPins | None = None
+    panel: PanelConfig | None = None
+
+
+class AlarmConfig(_Model):
+    """Emergency thresholds; each alarm raises above ``*_raise`` and clears below ``*_clear``."""
+
+    co2_raise: Ppm = 2000.0
+    co2_clear: Ppm = 1800.0
+    pm25_raise: Ugm3 = 75.0
+    pm25_clear: Ugm3 = 60.0
+    #: A room device with no valid reading for this many of its poll intervals raises ``silent``.
+    silent_intervals: Annotated[int, Field(ge=2, le=1000)] = 3
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlarmConfig:
+        for metric in ("co2", "pm25"):
+            if getattr(self, f"{metric}_clear") >= getattr(self, f"{metric}_raise"):
+                raise ValueError(f"{metric}_clear must be below {metric}_raise (hysteresis)")
+        return self
+
+
+class StatusConfig(_Model):
+    """Air-quality classes, alarms and the local LED / e-ink status (see docs/configuration.md)."""
+
+    #: ``traffic_light``: CO2 bands at ``co2_moderate``/``co2_poor``; ``en16798``: EN 16798-1
+    #: categories by CO2 above ``outdoor_co2`` (I/II good, III moderate, IV poor).
+    co2_scheme: Literal["traffic_light", "en16798"] = "traffic_light"
+    co2_moderate: Ppm = 1000.0
+    co2_poor: Ppm = 1400.0
+    outdoor_co2: Ppm = 420.0
+    pm25_moderate: Ugm3 = 15.0
+    pm25_poor: Ugm3 = 37.5
+    alarms: AlarmConfig = AlarmConfig()
+    rooms: list[RoomConfig] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StatusConfig:
+        if self.co2_moderate >= self.co2_poor:
+            raise ValueError("co2_moderate must be below co2_poor")
+        if self.pm25_moderate >= self.pm25_poor:
+            raise ValueError("pm25_moderate must be below pm25_poor")
+        pins = [p for r in self.rooms if r.led for p in (r.led.red, r.led.amber, r.led.green)]
+        if len(pins) != len(set(pins)):
+            raise ValueError("every LED needs its own GPIO pin")
+        ids = [r.id for r in self.rooms]
+        if len(ids) != len(set(ids)):
+            raise ValueError("room ids must be unique")
+        return self
 
 
 class GatewayConfig(_Model):
@@ -224,11 +524,15 @@ class GatewayConfig(_Model):
     site: SiteConfig
     mqtt: MqttConfig = MqttConfig()
     buffer: BufferConfig = BufferConfig()
+    clock: ClockConfig = ClockConfig()
     influxdb: InfluxConfig | None = None
     bridge: BridgeConfig = BridgeConfig()
+    status: StatusConfig = StatusConfig()
     devices: list[DeviceConfig] = []
 
-    def enabled_devices(self) -> list[ModbusDevice | Scd4xDevice]:
+    def enabled_devices(
+        self,
+    ) -> list[ModbusDevice | SunSpecDevice | Scd4xDevice | Pmsa003iDevice]:
         """The devices to poll, in file order."""
         return [d for d in self.devices if d.enabled]
 
@@ -265,7 +569,43 @@ def parse_config(data: dict[str, Any], *, source: str) -> GatewayConfig:
                 f"already used by devices[{first_use[device.id]}]"
             )
         first_use[device.id] = index
+    _check_shared_lines(config, source)
+    for r, room in enumerate(config.status.rooms):
+        for d, device_id in enumerate(room.devices):
+            if device_id not in first_use:
+                raise ConfigError(
+                    f"{source}: status.rooms[{r}].devices[{d}]: no device has the id {device_id!r}"
+                )
     return config
+
+
+def _check_shared_lines(config: GatewayConfig, source: str) -> None:
+    """Devices on one serial line share one port: its settings must agree, unit ids differ."""
+    first: dict[str, tuple[int, RtuTransport | RtuOverTcpTransport]] = {}
+    for index, device in enumerate(config.devices):
+        if not isinstance(device, ModbusDevice) or isinstance(device.transport, TcpTransport):
+            continue
+        key = device.transport.line_key()
+        if key not in first:
+            first[key] = (index, device.transport)
+            continue
+        other, transport = first[key]
+        if device.transport.settings() != transport.settings():
+            raise ConfigError(
+                f"{source}: devices[{index}].transport: devices on one line share its settings "
+                f"(baudrate, parity, stopbits, bytesize, pause); devices[{other}] uses "
+                f"{transport.model_dump(exclude={'kind'})}"
+            )
+    units: dict[tuple[str, int], int] = {}
+    for index, device in enumerate(config.devices):
+        if isinstance(device, ModbusDevice) and not isinstance(device.transport, TcpTransport):
+            unit = (device.transport.line_key(), device.unit_id)
+            if unit in units:
+                raise ConfigError(
+                    f"{source}: devices[{index}].unit_id: unit {device.unit_id} is already "
+                    f"used on this line by devices[{units[unit]}]"
+                )
+            units[unit] = index
 
 
 def _describe(source: str, error: Any, data: dict[str, Any]) -> str:
@@ -282,15 +622,22 @@ def _describe(source: str, error: Any, data: dict[str, Any]) -> str:
     if kind == "string_pattern_mismatch":
         message = _PATTERN_HELP.get(error["ctx"]["pattern"], message)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        ctx = error.get("ctx") or {}
-        tags = ", ".join(repr(name) for name in DRIVER_NAMES)
-        tag = ctx.get("tag")
-        if tag is None:
-            return f"{source}: {path}.driver: required key is missing; expected one of {tags}"
-        return f"{source}: {path}.driver: unknown driver {tag!r}; expected one of {tags}"
+        return _union_tag_message(source, path, loc, error.get("ctx") or {})
     if kind != "value_error" and "input" in error and not isinstance(error["input"], dict):
         return f"{source}: {path}: {message} (got {_show(error['input'])})"
     return f"{source}: {path}: {message}"
+
+
+def _union_tag_message(source: str, path: str, loc: list[Any], ctx: dict[str, Any]) -> str:
+    """A missing or unknown ``driver`` of a device, or ``kind`` of a Modbus transport."""
+    if loc[-1:] == ["transport"]:
+        kinds = ", ".join(repr(name) for name in TRANSPORT_KINDS)
+        return f"{source}: {path}.kind: expected one of {kinds}"
+    tags = ", ".join(repr(name) for name in DRIVER_NAMES)
+    tag = ctx.get("tag")
+    if tag is None:
+        return f"{source}: {path}.driver: required key is missing; expected one of {tags}"
+    return f"{source}: {path}.driver: unknown driver {tag!r}; expected one of {tags}"
 
 
 def _key_path(loc: list[Any], data: Any) -> str:
@@ -302,7 +649,7 @@ def _key_path(loc: list[Any], data: Any) -> str:
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
             node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
-        if isinstance(node, dict) and item not in node and item in DRIVER_NAMES:
+        if isinstance(node, dict) and item not in node and item in (*DRIVER_NAMES, *TRANSPORT_KINDS):
             continue  # the union tag, not a key in the file
         parts.append(str(item))
         node = node.get(item) if isinstance(node, dict) else None

@@ -44,7 +44,9 @@ class Reading:
     ``ts`` is the wall-clock time of the poll, timezone-aware UTC, rounded to the millisecond so
     that it survives the buffer and the wire unchanged. ``seq`` is unique and strictly increasing
     per gateway, across restarts: the durable buffer owns the high-water mark, which is what lets
-    a consumer prove that nothing is missing.
+    a consumer prove that nothing is missing. ``time_synced`` is False when the wall clock was not
+    known to be right at the poll and the reading could not be re-stamped since (see
+    `gateway.clock`).
     """
 
     device: str
@@ -54,6 +56,7 @@ class Reading:
     ts: datetime
     seq: int
     quality: Quality = Quality.GOOD
+    time_synced: bool = True
 
 
 def utc_ms(ts: datetime) -> datetime:

@@ -12,10 +12,23 @@ from typing import Any
 
 from drivers.base import Driver
 from drivers.modbus.driver import ModbusTcpDriver
-from drivers.modbus.profiles import load_profile
+from drivers.modbus.engine import ModbusDriver
+from drivers.modbus.line import LineUnit, ModbusLine, SerialSettings
+from drivers.modbus.profiles import load_profile, profile_from_table
+from drivers.modbus.sunspec.driver import SunSpecTcpDriver
 from drivers.sensors.i2c_bus import I2CBus, open_i2c_bus
+from drivers.sensors.pmsa003i import Pmsa003iDriver
 from drivers.sensors.scd4x import Scd4xDriver
-from gateway.config import ModbusDevice, Scd4xDevice
+from drivers.sensors.scd4x_settings import Scd4xSettings
+from gateway.config import (
+    ModbusDevice,
+    Pmsa003iDevice,
+    RtuOverTcpTransport,
+    RtuTransport,
+    Scd4xDevice,
+    SunSpecDevice,
+    TcpTransport,
+)
 
 
 @dataclass
@@ -31,29 +44,95 @@ class BusRegistry:
         bus: I2CBus = self.buses[spec]
         return bus
 
+    def modbus_line(self, transport: RtuTransport | RtuOverTcpTransport) -> ModbusLine:
+        """The one `ModbusLine` of a serial line (keyed like the bus task), made on first use:
+        every device on the line gets the same object, so they share its port, lock and gaps."""
+        key = transport.line_key()
+        if key not in self.buses:
+            if isinstance(transport, RtuTransport):
+                settings = SerialSettings(
+                    port=transport.port,
+                    baudrate=transport.baudrate,
+                    parity=transport.parity,
+                    stopbits=transport.stopbits,
+                    bytesize=transport.bytesize,
+                )
+            else:
+                url = f"socket://{transport.host}:{transport.port}"
+                settings = SerialSettings(port=url, baudrate=None)
+            self.buses[key] = ModbusLine(settings=settings, pause=transport.pause)
+        line: ModbusLine = self.buses[key]
+        return line
+
 
 def _modbus(device: ModbusDevice, buses: BusRegistry) -> Driver:
+    profile = (
+        load_profile(device.profile)
+        if device.profile is not None
+        else profile_from_table(device.id, device.point_table())
+    )
+    transport = device.transport
+    if not isinstance(transport, TcpTransport):
+        reader = LineUnit(
+            line=buses.modbus_line(transport),
+            unit_id=device.unit_id,
+            response_timeout=device.timeout,
+        )
+        return ModbusDriver(reader=reader, profile=profile, name=f"{device.id} ({reader!r})")
     return ModbusTcpDriver(
-        host=device.transport.host,
-        port=device.transport.port,
+        host=transport.host,
+        port=transport.port,
         unit_id=device.unit_id,
-        profile=load_profile(device.profile),
+        profile=profile,
         timeout=device.timeout,
     )
 
 
+def _sunspec(device: SunSpecDevice, buses: BusRegistry) -> Driver:
+    return SunSpecTcpDriver(
+        host=device.transport.host,
+        port=device.transport.port,
+        unit_id=device.unit_id,
+        timeout=device.timeout,
+        models=device.models,
+    )
+
+
 def _scd4x(device: Scd4xDevice, buses: BusRegistry) -> Driver:
+    settings = Scd4xSettings(
+        self_calibration=device.self_calibration,
+        altitude_m=device.altitude_m,
+        ambient_pressure_hpa=device.ambient_pressure_hpa,
+        temperature_offset_c=device.temperature_offset_c,
+    )
     return Scd4xDriver(
-        bus=buses.i2c(device.bus), address=device.address, low_power=device.low_power
+        bus=buses.i2c(device.bus),
+        address=device.address,
+        low_power=device.low_power,
+        settings=settings,
+        stuck_polls=device.stuck_polls,
+    )
+
+
+def _pmsa003i(device: Pmsa003iDevice, buses: BusRegistry) -> Driver:
+    return Pmsa003iDriver(
+        bus=buses.i2c(device.bus),
+        address=device.address,
+        warmup_s=device.warmup_s,
+        stuck_polls=device.stuck_polls,
     )
 
 
 DRIVERS: dict[str, Callable[[Any, BusRegistry], Driver]] = {
     "modbus": _modbus,
+    "sunspec": _sunspec,
     "scd4x": _scd4x,
+    "pmsa003i": _pmsa003i,
 }
 
 
-def build_driver(device: ModbusDevice | Scd4xDevice, buses: BusRegistry) -> Driver:
+def build_driver(
+    device: ModbusDevice | SunSpecDevice | Scd4xDevice | Pmsa003iDevice, buses: BusRegistry
+) -> Driver:
     """The driver for ``device``."""
     return DRIVERS[device.driver](device, buses)

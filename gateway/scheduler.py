@@ -77,14 +77,17 @@ class BusPoller:
         sequence: SequenceCounter,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        stamp: Callable[[], tuple[datetime, bool]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """``stamp`` (e.g. `gateway.clock.ClockMonitor.stamp`) gives each poll its wall-clock time
+        and whether that time is trusted; without it, ``wall_clock`` is trusted."""
         self.name = name
         self.devices = list(devices)
         self._sink = sink
         self._sequence = sequence
         self._monotonic = monotonic
-        self._wall_clock = wall_clock
+        self._stamp = stamp or (lambda: (utc_ms(wall_clock()), True))
         self._rng = rng or random.Random()
 
     async def run(self) -> None:
@@ -118,12 +121,12 @@ class BusPoller:
             error = exc if isinstance(exc, DeviceError) else DeviceTimeout("no answer in time")
             await self._failed(device, error)
             return
-        ts = utc_ms(self._wall_clock())
-        await self._sink(self._readings(device, values, ts))
+        ts, synced = self._stamp()
+        await self._sink(self._readings(device, values, utc_ms(ts), synced))
         self._succeeded(device, due)
 
     def _readings(
-        self, device: DeviceState, values: Mapping[str, Value], ts: datetime
+        self, device: DeviceState, values: Mapping[str, Value], ts: datetime, synced: bool
     ) -> list[Reading]:
         readings = []
         for key, spec in device.driver.metrics.items():
@@ -137,6 +140,7 @@ class BusPoller:
                     ts=ts,
                     seq=self._sequence.next(),
                     quality=Quality.GOOD if value is not None else Quality.NO_VALUE,
+                    time_synced=synced,
                 )
             )
         return readings

@@ -63,18 +63,25 @@ def encode_telemetry(site: str, device: str, readings: Sequence[Reading]) -> byt
         "site": site,
         "device": device,
         "readings": [
-            {
-                "metric": r.metric,
-                "value": r.value,
-                "unit": r.unit,
-                "ts": iso_ms(r.ts),
-                "seq": r.seq,
-                "quality": r.quality.value,
-            }
+            _wire_reading(r)
             for r in readings
         ],
     }
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _wire_reading(r: Reading) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "metric": r.metric,
+        "value": r.value,
+        "unit": r.unit,
+        "ts": iso_ms(r.ts),
+        "seq": r.seq,
+        "quality": r.quality.value,
+    }
+    if not r.time_synced:
+        item["time_synced"] = False  # present only when False: most readings carry no flag
+    return item
 
 
 def group_by_device(readings: Iterable[Reading]) -> dict[str, list[Reading]]:
@@ -118,6 +125,7 @@ class _WireReading(BaseModel):
     ts: str
     seq: Annotated[int, Field(ge=1)]
     quality: Quality = Field(strict=False)
+    time_synced: bool = True
 
 
 class _WireMessage(BaseModel):
@@ -168,6 +176,7 @@ def decode_telemetry(payload: bytes, *, topic_site: str, topic_device: str) -> l
                 ts=ts,
                 seq=item.seq,
                 quality=item.quality,
+                time_synced=item.time_synced,
             )
         )
     return readings

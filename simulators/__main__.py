@@ -2,8 +2,10 @@
 
 Reads the gateway's TOML on its own (simulators import nothing from the gateway core), binds every
 Modbus TCP endpoint on its configured loopback port and serves every ``tcp://`` I2C bus, so that a
-gateway in another process can be killed and restarted while the devices keep running. Devices on
-real hardware addresses (``/dev/i2c-N``, non-loopback hosts) are refused with a clear message.
+gateway in another process can be killed and restarted while the devices keep running. A Modbus RTU
+line is served on a PTY pair, with a symlink at the configured port (which must be under /tmp/)
+pointing to the PTY's slave side; the symlink is removed on exit. Devices on real hardware
+addresses (``/dev/i2c-N``, ``/dev/tty*``, non-loopback hosts) are refused with a clear message.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from simulators.site import CHIP_MODELS, I2CBusSpec, ModbusServerSpec, SimulatedSite, SiteSpec
+from simulators.site import (
+    CHIP_ADDRESSES,
+    CHIP_MODELS,
+    I2CBusSpec,
+    ModbusServerSpec,
+    RtuLineSpec,
+    SimulatedSite,
+    SiteSpec,
+)
 
 log = logging.getLogger("simulators")
 
@@ -40,23 +50,30 @@ def spec_from_toml(data: dict[str, Any]) -> SiteSpec:
     """The simulators for the enabled devices of a gateway configuration (as parsed TOML)."""
     modbus: dict[tuple[str, int], dict[int, tuple[str, str]]] = {}
     i2c: dict[str, dict[int, tuple[str, str]]] = {}
+    rtu: dict[str, tuple[int, dict[int, tuple[str, str]]]] = {}
     for index, device in enumerate(data.get("devices", [])):
         if not device.get("enabled", True):
             continue
         where = f"devices[{index}] ({device.get('id', '?')})"
         driver = device.get("driver")
-        if driver == "modbus":
+        if driver == "modbus" and device.get("transport", {}).get("kind") == "rtu":
+            _add_rtu_unit(rtu, device, where)
+        elif driver in ("modbus", "sunspec"):
             transport = device.get("transport", {})
             host, port = transport.get("host", ""), int(transport.get("port", 502))
             if transport.get("kind") != "tcp" or not _loopback(host):
                 raise SpecError(f"{where}: only Modbus TCP on a loopback host can be simulated")
             units = modbus.setdefault((host, port), {})
-            units[int(device.get("unit_id", 1))] = (device["id"], device["profile"])
+            if driver == "modbus" and "profile" not in device:
+                raise SpecError(f"{where}: a user-declared point table cannot be simulated")
+            model = device["profile"] if driver == "modbus" else "sunspec"
+            units[int(device.get("unit_id", 1))] = (device["id"], model)
         elif driver in CHIP_MODELS:
             bus = str(device.get("bus", "/dev/i2c-1"))
             if not bus.startswith("tcp://"):
                 raise SpecError(f"{where}: bus {bus!r} is hardware; use tcp://127.0.0.1:PORT")
-            i2c.setdefault(bus, {})[int(device.get("address", 0x62))] = (device["id"], driver)
+            address = int(device.get("address", CHIP_ADDRESSES[driver]))
+            i2c.setdefault(bus, {})[address] = (device["id"], driver)
         else:
             raise SpecError(f"{where}: no simulator for driver {driver!r}")
     buses = []
@@ -68,7 +85,31 @@ def spec_from_toml(data: dict[str, Any]) -> SiteSpec:
     return SiteSpec(
         modbus=tuple(ModbusServerSpec(host=h, port=p, units=u) for (h, p), u in modbus.items()),
         i2c=tuple(buses),
+        rtu=tuple(
+            RtuLineSpec(port=port, baudrate=baud, units=units, link=True)
+            for port, (baud, units) in rtu.items()
+        ),
     )
+
+
+def _add_rtu_unit(
+    rtu: dict[str, tuple[int, dict[int, tuple[str, str]]]], device: dict[str, Any], where: str
+) -> None:
+    """An RTU device: its line is served on a PTY, symlinked at the configured port, which must
+    therefore be under /tmp (a simulator never touches /dev)."""
+    transport = device["transport"]
+    port = str(transport.get("port", ""))
+    if not port.startswith("/tmp/"):
+        raise SpecError(
+            f"{where}: serial port {port!r} is hardware; a simulated line needs a path under "
+            "/tmp/ (a symlink to the simulator's PTY is made there)"
+        )
+    if "profile" not in device:
+        raise SpecError(f"{where}: a user-declared point table cannot be simulated")
+    baud, units = rtu.setdefault(port, (int(transport.get("baudrate", 9600)), {}))
+    if int(transport.get("baudrate", 9600)) != baud:
+        raise SpecError(f"{where}: devices on {port} disagree on the baud rate")
+    units[int(device.get("unit_id", 1))] = (device["id"], device["profile"])
 
 
 async def _serve(spec: SiteSpec, ready_file: Path | None) -> None:

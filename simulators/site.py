@@ -11,6 +11,7 @@ pattern of values and two meters of one site do not move in lockstep.
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,13 +19,24 @@ from dataclasses import dataclass, field
 from simulators.i2c import SimI2CBus
 from simulators.i2c_server import I2CBusServer
 from simulators.meters import METER_MODELS
+from simulators.modbus_rtu import ModbusRtuSimulator
 from simulators.modbus_tcp import ModbusTcpSimulator
+from simulators.pmsa003i import Pmsa003iChip
 from simulators.scd4x import Scd4xChip
+from simulators.sunspec import SunSpecInverter
 
 log = logging.getLogger(__name__)
 
 #: Chip models by the gateway's driver name.
-CHIP_MODELS = {"scd4x": Scd4xChip}
+CHIP_MODELS: dict[str, type[Scd4xChip] | type[Pmsa003iChip]] = {
+    "scd4x": Scd4xChip,
+    "pmsa003i": Pmsa003iChip,
+}
+#: Modbus device models by simulator name: the meter models by profile name, and "sunspec" for
+#: the roof's PV inverter (a ``driver = "sunspec"`` device).
+MODBUS_MODELS = {**METER_MODELS, "sunspec": SunSpecInverter}
+#: Each chip model's fixed I2C address, the default when a configuration gives none.
+CHIP_ADDRESSES = {"scd4x": 0x62, "pmsa003i": 0x12}
 
 
 def seed_for(device_id: str) -> int:
@@ -55,11 +67,28 @@ class I2CBusSpec:
 
 
 @dataclass(frozen=True)
+class RtuLineSpec:
+    """One simulated RS-485 line on a PTY pair; ``units`` maps unit id -> (device id, model name).
+
+    ``port`` is the configured serial port. With ``link`` (``python -m simulators``), a symlink is
+    made at ``port`` pointing to the PTY, so a gateway in another process opens the configured
+    path unchanged; otherwise the caller reads the PTY path from `SimulatedSite.rtu_paths`.
+    """
+
+    port: str
+    baudrate: int | None
+    units: Mapping[int, tuple[str, str]]
+    link: bool = False
+    turnaround: float = 0.010
+
+
+@dataclass(frozen=True)
 class SiteSpec:
     """Everything to simulate."""
 
     modbus: tuple[ModbusServerSpec, ...] = ()
     i2c: tuple[I2CBusSpec, ...] = ()
+    rtu: tuple[RtuLineSpec, ...] = ()
 
 
 @dataclass
@@ -75,6 +104,11 @@ class SimulatedSite:
     i2c_ports: dict[str, int] = field(default_factory=dict)
     #: device id -> its model object (meter or chip), for tests and fault injection.
     models: dict[str, object] = field(default_factory=dict)
+    #: configured serial port -> the PTY slave path the gateway opens.
+    rtu_paths: dict[str, str] = field(default_factory=dict)
+    #: configured serial port -> its line simulator, for fault injection.
+    rtu_lines: dict[str, ModbusRtuSimulator] = field(default_factory=dict)
+    _links: list[str] = field(default_factory=list)
     _modbus_servers: list[ModbusTcpSimulator] = field(default_factory=list)
     _i2c_servers: list[I2CBusServer] = field(default_factory=list)
 
@@ -86,6 +120,8 @@ class SimulatedSite:
                 await self._start_modbus(server_spec, ephemeral=ephemeral)
             for bus_spec in self.spec.i2c:
                 await self._start_i2c(bus_spec)
+            for line_spec in self.spec.rtu:
+                await self._start_rtu(line_spec)
         except BaseException:
             await self.stop()
             raise
@@ -93,7 +129,7 @@ class SimulatedSite:
     async def _start_modbus(self, spec: ModbusServerSpec, *, ephemeral: bool) -> None:
         devices = {}
         for unit, (device_id, model_name) in spec.units.items():
-            model = METER_MODELS[model_name](seed=seed_for(device_id))
+            model = MODBUS_MODELS[model_name](seed=seed_for(device_id))
             self.models[device_id] = model
             devices[unit] = model
         server = ModbusTcpSimulator(
@@ -110,6 +146,29 @@ class SimulatedSite:
             spec.port,
             sorted(spec.units),
             server.port,
+        )
+
+    async def _start_rtu(self, spec: RtuLineSpec) -> None:
+        devices = {}
+        for unit, (device_id, model_name) in spec.units.items():
+            model = MODBUS_MODELS[model_name](seed=seed_for(device_id))
+            self.models[device_id] = model
+            devices[unit] = model
+        line = ModbusRtuSimulator(
+            devices=devices, baudrate=spec.baudrate, turnaround=spec.turnaround
+        )
+        await line.start()
+        self.rtu_lines[spec.port] = line
+        self.rtu_paths[spec.port] = line.path
+        if spec.link:
+            _replace_symlink(spec.port, line.path)
+            self._links.append(spec.port)
+        log.info(
+            "simulated Modbus RTU line %s (units %s, %s baud) on %s",
+            spec.port,
+            sorted(spec.units),
+            spec.baudrate,
+            line.path,
         )
 
     async def _start_i2c(self, spec: I2CBusSpec) -> None:
@@ -139,3 +198,23 @@ class SimulatedSite:
             await modbus_server.stop()
         self._i2c_servers.clear()
         self._modbus_servers.clear()
+        for line in self.rtu_lines.values():
+            await line.stop()
+        self.rtu_lines.clear()
+        _remove_symlinks(self._links)
+        self._links.clear()
+
+
+def _remove_symlinks(paths: list[str]) -> None:
+    for path in paths:
+        if os.path.islink(path):
+            os.unlink(path)
+
+
+def _replace_symlink(path: str, target: str) -> None:
+    """Point the symlink ``path`` at ``target``; never replaces anything but a symlink."""
+    if os.path.lexists(path) and not os.path.islink(path):
+        raise FileExistsError(f"{path} exists and is not a symlink; refusing to replace it")
+    if os.path.islink(path):
+        os.unlink(path)
+    os.symlink(target, path)

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import adafruit_scd4x
 
 from drivers.sensors.i2c_bus import I2CBus
+from drivers.sensors.scd4x_settings import Scd4xSettings, apply_settings
+from drivers.sensors.stuck import StuckDetector
 from gateway.errors import DecodeError, DeviceError, DeviceTimeout
 from gateway.model import MetricSpec, Value
 
@@ -45,7 +47,15 @@ class Scd4xDriver:
     ppm), ``temperature`` (°C) and ``humidity`` (%RH), both to 2 decimals. In low-power mode give
     ``data_timeout`` more than 30 s, or the first poll after ``open`` may time out.
 
-    Errors: a NACK or a socket failure is `DeviceTimeout`, a CRC mismatch is `DecodeError`.
+    ``settings`` (compensation: ASC, altitude or ambient pressure, temperature offset) are applied
+    at every ``open`` by `drivers.sensors.scd4x_settings.apply_settings`, which writes and
+    persists only what differs from the chip's EEPROM; at most ``max_persists`` EEPROM writes per
+    driver instance (a chip that forgets its settings must not be written on every reopen), after
+    which changes are set in RAM only, with a warning. `eeprom_writes` counts them.
+
+    Errors: a NACK or a socket failure is `DeviceTimeout`, a CRC mismatch is `DecodeError`, and
+    the same raw measurement ``stuck_polls`` times in a row is
+    `drivers.sensors.stuck.SensorStuck` (0 disables the check).
     The bus belongs to the caller (other sensors may share it): ``close`` stops the measurement,
     which the chip keeps running otherwise, and leaves the bus open.
     """
@@ -57,13 +67,20 @@ class Scd4xDriver:
         address: int = 0x62,
         data_timeout: float = 6.0,
         low_power: bool = False,
+        settings: Scd4xSettings | None = None,
+        stuck_polls: int = 0,
+        max_persists: int = 3,
     ) -> None:
         self._bus = bus
         self._address = address
         self._data_timeout = data_timeout
         self._low_power = low_power
+        self._settings = settings
+        self._max_persists = max_persists
         self._sensor: Any = None
         self._name = f"scd4x@{address:#04x}"
+        self._stuck = StuckDetector(limit=stuck_polls, name=self._name)
+        self.eeprom_writes = 0
 
     @property
     def metrics(self) -> Mapping[str, MetricSpec]:
@@ -73,6 +90,7 @@ class Scd4xDriver:
     async def open(self) -> None:
         """Probe the chip, stop whatever it was doing and start the periodic measurement."""
         self._sensor = None
+        self._stuck.reset()
         try:
             self._sensor = await self._call(self._start)
         except ValueError as exc:  # adafruit_bus_device's probe: nothing acknowledged
@@ -96,6 +114,7 @@ class Scd4xDriver:
         )
         if co2 is None or temperature is None or humidity is None:
             raise DeviceTimeout(f"{self._name}: data ready but no measurement was read")
+        self._stuck.check((co2, temperature, humidity))  # raw: exact functions of the words
         return {
             "co2": int(co2),
             "temperature": round(float(temperature), 2),
@@ -114,11 +133,27 @@ class Scd4xDriver:
 
     def _start(self) -> Any:
         sensor = adafruit_scd4x.SCD4X(self._bus, self._address)
+        if self._settings is not None:
+            self._apply(sensor, self._settings)
         if self._low_power:
             sensor.start_low_periodic_measurement()
         else:
             sensor.start_periodic_measurement()
         return sensor
+
+    def _apply(self, sensor: Any, settings: Scd4xSettings) -> None:
+        budget = self.eeprom_writes < self._max_persists
+        applied = apply_settings(sensor, settings, persist=budget)
+        if applied.persisted:
+            self.eeprom_writes += 1
+            logger.info("%s: persisted changed settings %s", self._name, ", ".join(applied.changed))
+        elif applied.changed:
+            logger.warning(
+                "%s: settings %s differ from the EEPROM again after %d writes; set in RAM only",
+                self._name,
+                ", ".join(applied.changed),
+                self.eeprom_writes,
+            )
 
     async def _call(self, fn: Callable[[], _T]) -> _T:
         """Run a blocking driver call in a worker thread, mapping its errors to `DeviceError`s."""

@@ -12,6 +12,11 @@ the backlog, so a publisher can send fresh readings ahead of a long backlog and 
 its own pace. ``begin()`` without a lane is oldest-first across both. `mark_live_boundary` moves the
 boundary to the newest stored reading; a publisher calls it when it (re)connects.
 
+Held readings: a reading with ``time_synced=False`` is stored with the clock offset of its poll
+(``offsets``, see `gateway.clock`) and *held*: ``begin`` serves nothing at or after the first held
+reading, so the stream stays in order, until `restamp` corrects the held readings' timestamps
+(once the clock is trusted again) or `release_unsynced` lets them go flagged.
+
 Limits: `BufferLimits` bounds the buffer. When a commit takes it over a limit, the oldest readings
 that are not in flight are dropped, and the drops are counted in `dropped`, which persists across
 restarts. What is in flight has most likely reached the broker already, so it is never counted as a
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
@@ -57,8 +62,16 @@ class Buffer(Protocol):
     def append(self, readings: Sequence[Reading]) -> None:
         """Store ``readings`` durably, in one transaction, before returning."""
 
-    def commit(self, readings: Sequence[Reading], accepted: Sequence[Batch]) -> int:
+    def commit(
+        self,
+        readings: Sequence[Reading],
+        accepted: Sequence[Batch],
+        offsets: Mapping[int, int] | None = None,
+    ) -> int:
         """One transaction: store ``readings``, forget the ``accepted`` batches, apply the limits.
+
+        ``offsets`` maps the seq of each reading with ``time_synced=False`` to the clock offset
+        (ms) of its poll; such readings are held. One without an offset is stored released.
 
         Returns how many readings the limits dropped. The accepted batches leave the in-flight set
         only when the transaction succeeded; on failure nothing changes.
@@ -72,6 +85,13 @@ class Buffer(Protocol):
 
     def mark_live_boundary(self) -> None:
         """Everything stored so far becomes backlog; what is stored later is live."""
+
+    def restamp(self, offset_ms: int) -> int:
+        """Re-stamp held readings as ``ts + (offset_ms - their offset)``, mark them synced and
+        release them; returns how many."""
+
+    def release_unsynced(self) -> int:
+        """Release held readings as they are (flagged ``time_synced=False``); returns how many."""
 
     def pending(self) -> int:
         """Readings stored, in flight or not."""
@@ -109,6 +129,8 @@ class InflightTracker:
     """
 
     boundary: int = 0
+    #: First held reading's seq; nothing at or above it is served while set.
+    held_from: int | None = None
     backlog_cursor: int = 0
     live_cursor: int = 0
     returned: list[Reading] = field(default_factory=list)
@@ -122,9 +144,11 @@ class InflightTracker:
 
     def window(self, lane: bool) -> tuple[int, int | None]:
         """(exclusive lower bound, inclusive upper bound or None) still to be examined in ``lane``."""
+        ceiling = None if self.held_from is None else self.held_from - 1
         if lane:
-            return max(self.live_cursor, self.boundary), None
-        return self.backlog_cursor, self.boundary
+            return max(self.live_cursor, self.boundary), ceiling
+        upto = self.boundary if ceiling is None else min(self.boundary, ceiling)
+        return self.backlog_cursor, upto
 
     def examined(self, lane: bool, seq: int) -> None:
         """Advance ``lane``'s cursor past ``seq``."""
@@ -139,6 +163,8 @@ class InflightTracker:
         kept: list[Reading] = []
         for reading in self.returned:
             in_lane = live is None or (reading.seq > self.boundary) == live
+            if self.held_from is not None and reading.seq >= self.held_from:
+                in_lane = False
             (taken if in_lane and len(taken) < limit else kept).append(reading)
         self.returned = kept
         return taken
@@ -170,6 +196,11 @@ class InflightTracker:
         if not accepted:
             for reading in batch.readings:
                 bisect.insort(self.returned, reading, key=lambda r: r.seq)
+
+    def hold(self, seq: int) -> None:
+        """Hold everything from ``seq`` on (the first unsynced reading)."""
+        if self.held_from is None or seq < self.held_from:
+            self.held_from = seq
 
     def forget_returned(self, seqs: Iterable[int]) -> None:
         """Drop returned readings that were deleted from storage (by the limits)."""

@@ -8,7 +8,9 @@ publisher alone), and as the reference the shared buffer suite holds the SQLite 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import timedelta
 
 from gateway.buffer.base import Batch, BufferLimits, InflightTracker, check_sequence
 from gateway.model import Reading
@@ -24,17 +26,28 @@ class MemoryBuffer:
         self._dropped = 0
         self._limits = limits or BufferLimits()
         self._track = InflightTracker()
+        #: seq -> clock offset (ms) of held readings.
+        self._held: dict[int, int] = {}
 
     def append(self, readings: Sequence[Reading]) -> None:
         self.commit(readings, ())
 
-    def commit(self, readings: Sequence[Reading], accepted: Sequence[Batch]) -> int:
+    def commit(
+        self,
+        readings: Sequence[Reading],
+        accepted: Sequence[Batch],
+        offsets: Mapping[int, int] | None = None,
+    ) -> int:
         check_sequence(readings, self._last_seq)
         for batch in accepted:
             self._track.require(batch)
+        offsets = offsets or {}
         for reading in readings:
             self._rows[reading.seq] = reading
             self._order.append(reading.seq)
+            if not reading.time_synced and reading.seq in offsets:
+                self._held[reading.seq] = offsets[reading.seq]
+                self._track.hold(reading.seq)
         if readings:
             self._last_seq = readings[-1].seq
         for batch in accepted:
@@ -44,6 +57,7 @@ class MemoryBuffer:
         return self._enforce_limits()
 
     def _delete(self, seq: int) -> None:
+        self._held.pop(seq, None)
         if self._rows.pop(seq, None) is not None:
             del self._order[bisect.bisect_left(self._order, seq)]
 
@@ -89,6 +103,19 @@ class MemoryBuffer:
 
     def mark_live_boundary(self) -> None:
         self._track.move_boundary(self._last_seq)
+
+    def restamp(self, offset_ms: int) -> int:
+        for seq, then in self._held.items():
+            reading = self._rows[seq]
+            ts = reading.ts + timedelta(milliseconds=offset_ms - then)
+            self._rows[seq] = replace(reading, ts=ts, time_synced=True)
+        return self.release_unsynced()
+
+    def release_unsynced(self) -> int:
+        count = len(self._held)
+        self._held.clear()
+        self._track.held_from = None
+        return count
 
     def pending(self) -> int:
         return len(self._rows)

@@ -25,7 +25,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,13 +43,17 @@ CREATE TABLE IF NOT EXISTS readings (
     value,
     unit    TEXT    NOT NULL,
     ts_ms   INTEGER NOT NULL,
-    quality TEXT    NOT NULL
+    quality TEXT    NOT NULL,
+    -- 1: timestamp trusted; 0: held until re-stamped (offset_ms = wall - monotonic at the poll);
+    -- 2: released with an untrusted timestamp
+    synced    INTEGER NOT NULL DEFAULT 1,
+    offset_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0), ('dropped', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0), ('dropped', 0), ('boot', 0);
 """
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -67,7 +71,10 @@ class SqliteBuffer:
         *,
         synchronous: Synchronous = "FULL",
         limits: BufferLimits | None = None,
+        boot_id: int = 0,
     ) -> None:
+        """``boot_id`` identifies this boot (see `current_boot_id`): readings held in an earlier
+        boot cannot be re-stamped (the monotonic clock restarted) and are released at once."""
         self.path = path
         self._limits = limits or BufferLimits()
         #: Where a damaged previous file was moved to, if one was found at start-up.
@@ -87,6 +94,14 @@ class SqliteBuffer:
         self._dropped = self._meta("dropped")
         self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
         self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        if boot_id != self._meta("boot"):
+            released = self._release()
+            if released:
+                log.warning("released %d readings held from an earlier boot unsynced", released)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'boot'", (boot_id,))
+        held = self._db.execute("SELECT min(seq) FROM readings WHERE synced = 0").fetchone()[0]
+        if held is not None:
+            self._track.hold(int(held))
 
     def _open(self, synchronous: Synchronous) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -96,6 +111,10 @@ class SqliteBuffer:
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(readings)")}
+            if columns and "synced" not in columns:  # a buffer from before held readings
+                db.execute("ALTER TABLE readings ADD COLUMN synced INTEGER NOT NULL DEFAULT 1")
+                db.execute("ALTER TABLE readings ADD COLUMN offset_ms INTEGER")
             db.executescript(_SCHEMA)
         except sqlite3.DatabaseError:
             db.close()
@@ -132,8 +151,14 @@ class SqliteBuffer:
     def append(self, readings: Sequence[Reading]) -> None:
         self.commit(readings, ())
 
-    def commit(self, readings: Sequence[Reading], accepted: Sequence[Batch]) -> int:
+    def commit(
+        self,
+        readings: Sequence[Reading],
+        accepted: Sequence[Batch],
+        offsets: Mapping[int, int] | None = None,
+    ) -> int:
         check_sequence(readings, self._last_seq)
+        offsets = offsets or {}
         for batch in accepted:
             self._track.require(batch)
         db = self._db
@@ -142,8 +167,8 @@ class SqliteBuffer:
         try:
             if readings:
                 db.executemany(
-                    "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_encode(r) for r in readings],
+                    "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_encode(r, offsets.get(r.seq)) for r in readings],
                 )
                 db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (readings[-1].seq,))
                 count += len(readings)
@@ -164,6 +189,9 @@ class SqliteBuffer:
         self._count = count
         if readings:
             self._last_seq = readings[-1].seq
+            held = [r.seq for r in readings if not r.time_synced and r.seq in offsets]
+            if held:
+                self._track.hold(held[0])
         for batch in accepted:
             self._track.close(batch, accepted=True)
         if victims:
@@ -231,6 +259,29 @@ class SqliteBuffer:
     def mark_live_boundary(self) -> None:
         self._track.move_boundary(self._last_seq)
 
+    def restamp(self, offset_ms: int) -> int:
+        with self._db:
+            count = self._db.execute(
+                "UPDATE readings SET ts_ms = ts_ms + (? - offset_ms), synced = 1, offset_ms = NULL"
+                " WHERE synced = 0",
+                (offset_ms,),
+            ).rowcount
+        self._track.held_from = None
+        return int(count)
+
+    def release_unsynced(self) -> int:
+        with self._db:
+            count = self._release()
+        self._track.held_from = None
+        return count
+
+    def _release(self) -> int:
+        return int(
+            self._db.execute(
+                "UPDATE readings SET synced = 2, offset_ms = NULL WHERE synced = 0"
+            ).rowcount
+        )
+
     def pending(self) -> int:
         return self._count
 
@@ -247,7 +298,17 @@ class SqliteBuffer:
 _VTYPES: dict[type, str] = {bool: "b", int: "i", float: "f", str: "s", type(None): "n"}
 
 
-def _encode(r: Reading) -> tuple[object, ...]:
+def current_boot_id() -> int:
+    """This boot's id (from the kernel), as an integer for the ``meta`` table; 0 if unknown."""
+    try:
+        text = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
+        return int(text[:15], 16)
+    except (OSError, ValueError):
+        return 0
+
+
+def _encode(r: Reading, offset_ms: int | None) -> tuple[object, ...]:
+    synced = 1 if r.time_synced else (0 if offset_ms is not None else 2)
     return (
         r.seq,
         r.device,
@@ -257,11 +318,13 @@ def _encode(r: Reading) -> tuple[object, ...]:
         r.unit,
         to_epoch_ms(r.ts),
         r.quality.value,
+        synced,
+        offset_ms if synced == 0 else None,
     )
 
 
 def _decode(row: tuple[Any, ...]) -> Reading:
-    seq, device, metric, vtype, value, unit, ts_ms, quality = row
+    seq, device, metric, vtype, value, unit, ts_ms, quality, synced, _offset = row
     decoded: Value = bool(value) if vtype == "b" else float(value) if vtype == "f" else value
     return Reading(
         seq=seq,
@@ -271,4 +334,5 @@ def _decode(row: tuple[Any, ...]) -> Reading:
         unit=unit,
         ts=from_epoch_ms(ts_ms),
         quality=Quality(quality),
+        time_synced=synced == 1,
     )

@@ -43,6 +43,7 @@ class BufferWorker:
         self.commit_interval = commit_interval
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         self._staged: list[Reading] = []
+        self._offsets: dict[int, int] = {}
         self._accepted: list[Batch] = []
         self._timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
@@ -60,9 +61,15 @@ class BufferWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
-    def stage(self, readings: Sequence[Reading]) -> None:
-        """Queue ``readings`` for the next commit; returns at once (never waits on the disk)."""
+    def stage(self, readings: Sequence[Reading], *, clock_offset_ms: int | None = None) -> None:
+        """Queue ``readings`` for the next commit; returns at once (never waits on the disk).
+
+        ``clock_offset_ms`` (see `gateway.clock`) is kept with readings whose time is untrusted, so
+        that they can be re-stamped later.
+        """
         self._staged.extend(readings)
+        if clock_offset_ms is not None:
+            self._offsets.update((r.seq, clock_offset_ms) for r in readings if not r.time_synced)
         self._schedule()
 
     async def append(self, readings: Sequence[Reading]) -> None:
@@ -101,10 +108,11 @@ class BufferWorker:
             self._timer = None
         readings, self._staged = self._staged, []
         accepted, self._accepted = self._accepted, []
+        offsets, self._offsets = self._offsets, {}
         if not readings and not accepted:
             return
         try:
-            dropped = await self._call(self.buffer.commit, readings, accepted)
+            dropped = await self._call(self.buffer.commit, readings, accepted, offsets)
         except sqlite3.Error as exc:
             self._failed(exc, readings, accepted)
             return
@@ -135,6 +143,20 @@ class BufferWorker:
 
     async def mark_live_boundary(self) -> None:
         await self._call(self.buffer.mark_live_boundary)
+
+    async def restamp(self, offset_ms: int) -> int:
+        """Commit what is staged, then re-stamp and release the held readings."""
+        await self.flush()
+        count = await self._call(self.buffer.restamp, offset_ms)
+        self.appended.set()
+        return count
+
+    async def release_unsynced(self) -> int:
+        """Commit what is staged, then release the held readings flagged as unsynced."""
+        await self.flush()
+        count = await self._call(self.buffer.release_unsynced)
+        self.appended.set()
+        return count
 
     async def pending(self) -> int:
         return await self._call(self.buffer.pending)

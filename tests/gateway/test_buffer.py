@@ -18,7 +18,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import ClassVar
@@ -553,9 +553,22 @@ class ThreadRecordingBuffer:
         self._record("append")
         self.inner.append(readings)
 
-    def commit(self, readings: Sequence[Reading], accepted: Sequence[Batch]) -> int:
+    def commit(
+        self,
+        readings: Sequence[Reading],
+        accepted: Sequence[Batch],
+        offsets: Mapping[int, int] | None = None,
+    ) -> int:
         self._record("commit")
-        return self.inner.commit(readings, accepted)
+        return self.inner.commit(readings, accepted, offsets)
+
+    def restamp(self, offset_ms: int) -> int:
+        self._record("restamp")
+        return self.inner.restamp(offset_ms)
+
+    def release_unsynced(self) -> int:
+        self._record("release_unsynced")
+        return self.inner.release_unsynced()
 
     def begin(self, limit: int, *, live: bool | None = None) -> Batch | None:
         self._record("begin")

@@ -105,3 +105,19 @@ def test_secrets_come_from_environment_or_file(
     with pytest.raises(ConfigError, match="CANARY_TEST_SECRET is not set"):
         Credentials(env="CANARY_TEST_SECRET").resolve()
     assert "CANARY_TEST_SECRET" not in os.environ
+
+
+def test_canary_keys_scd4x_compensation_and_pmsa003i(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[site]\nid = "kg"\n'
+        '[[devices]]\nid = "co2"\ndriver = "scd4x"\nbus = "/dev/i2c-1"\n'
+        "self_calibration = false\naltitude_m = 520\ntemperature_offset_c = 3\nstuck_polls = 0\n"
+        '[[devices]]\nid = "pm"\ndriver = "pmsa003i"\nbus = "/dev/i2c-1"\n'
+    )
+    co2, pm = load_config(path).devices
+    assert co2.driver == "scd4x" and pm.driver == "pmsa003i"
+    assert (co2.self_calibration, co2.altitude_m, co2.ambient_pressure_hpa) == (False, 520, None)
+    assert co2.temperature_offset_c == 3.0 and co2.stuck_polls == 0
+    assert (pm.address, pm.interval, pm.warmup_s, pm.stuck_polls) == (0x12, 10.0, 30.0, 10)
+    assert co2.bus_key() == pm.bus_key() == "i2c:/dev/i2c-1"  # one bus, one bus task

@@ -1,0 +1,387 @@
+"""Commissioning: ``gateway scan`` (what answers on a Modbus host) and ``gateway read`` (one poll).
+
+`scan_units` probes unit ids through any register reader (`RegisterReader`), so the same logic
+serves Modbus TCP today and RS-485 once an RTU reader exists. Per unit it asks, in order:
+
+1. SunSpec: the "SunS" marker at 40000, 0 or 50000, then the model chain;
+2. a shipped profile, guessed by reading characteristic registers (`PROBES`): the TUF-2000M's
+   holding map with a signal quality of 0-99, an SDM72's 0x0500 import-power register, an SDM630's
+   phase 2 voltage, an SDM120's single voltage with nothing at the phase 2 address;
+3. otherwise, a device that answers at all (even with "illegal address") is reported as present
+   but unknown, so the installer can declare its points.
+
+A unit is absent when the reader times out or a TCP gateway answers exception 0x0A/0x0B. The
+guess is only a guess (a profile cannot be proven from a few registers), and the printed TOML
+says so; `gateway read` then shows what the profile decodes, for a sanity check on site.
+
+Some inverters dislike being scanned (brief: they may allow one TCP client, or drop the
+connection on unknown registers): the scan uses one connection, reads at most one unit at a time
+and stops probing a unit at its first positive identification.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from drivers.base import Driver
+from drivers.modbus.codec import DataType, WordOrder, decode_raw
+from drivers.modbus.profiles import RegisterKind
+from drivers.modbus.sunspec.decode import decode_model
+from drivers.modbus.sunspec.discovery import ModelLocation, discover
+from drivers.modbus.sunspec.models import model_definitions
+from drivers.modbus.tcp_client import ModbusExceptionAnswer, ModbusTcpRegisters
+from gateway.config import GatewayConfig, ModbusDevice, Pmsa003iDevice, Scd4xDevice, SunSpecDevice
+from gateway.errors import ConfigError, DeviceBusy, DeviceError, DeviceTimeout
+from gateway.model import MetricSpec, Value
+from gateway.registry import BusRegistry, build_driver
+
+#: Any configured device (the union `gateway.config.DeviceConfig` is a validation type).
+DeviceConfig = ModbusDevice | SunSpecDevice | Scd4xDevice | Pmsa003iDevice
+
+#: Exception codes a Modbus gateway answers for a unit that is not on its serial line.
+ABSENT_CODES = frozenset({0x0A, 0x0B})
+
+
+class RegisterReader(Protocol):
+    """Reads registers of one unit; raises `DeviceError` subclasses (see `tcp_client`)."""
+
+    async def read(
+        self, kind: RegisterKind, address: int, count: int, *, unit_id: int
+    ) -> list[int]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Found:
+    """One unit that answered: ``driver`` is "sunspec" or "modbus"; ``profile`` is the guessed
+    shipped profile (``None`` if the device matched none); ``note`` is for the installer."""
+
+    unit_id: int
+    driver: str
+    profile: str | None = None
+    models: tuple[int, ...] = ()
+    note: str = ""
+
+
+def _float(words: Sequence[int], order: WordOrder) -> float:
+    value = decode_raw(words, DataType.FLOAT32, order)
+    return float(value)
+
+
+def _mains_voltage(value: float) -> bool:
+    return math.isfinite(value) and 80.0 <= value <= 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Check:
+    """Read ``count`` registers of ``kind`` at ``address``; the words must satisfy ``accept``."""
+
+    kind: RegisterKind
+    address: int
+    count: int
+    accept: Callable[[Sequence[int]], bool] = field(default=lambda _words: True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Probe:
+    """A shipped profile and the checks that, all passing, make it the guess."""
+
+    profile: str
+    checks: tuple[Check, ...]
+    reason: str
+
+
+def _tuf_ok(words: Sequence[int]) -> bool:
+    forward = _float(words[114:116], WordOrder.CDAB)
+    return words[91] <= 99 and math.isfinite(forward) and forward >= 0.0
+
+
+#: Most specific first: an SDM72 also passes the SDM630 check, an SDM630 the SDM120 one.
+PROBES: tuple[Probe, ...] = (
+    Probe(
+        profile="tuf2000m",
+        checks=(Check(kind=RegisterKind.HOLDING, address=0, count=118, accept=_tuf_ok),),
+        reason="holding REG0001-0118 readable, signal quality 0-99, CDAB volume",
+    ),
+    Probe(
+        profile="sdm72",
+        checks=(
+            Check(
+                kind=RegisterKind.INPUT,
+                address=0,
+                count=2,
+                accept=lambda w: _mains_voltage(_float(w, WordOrder.ABCD)),
+            ),
+            Check(kind=RegisterKind.INPUT, address=0x0500, count=4),
+        ),
+        reason="mains voltage at 30001 and the SDM72 import/export power at 31281",
+    ),
+    Probe(
+        profile="sdm630",
+        checks=(
+            Check(
+                kind=RegisterKind.INPUT,
+                address=0,
+                count=6,
+                accept=lambda w: all(
+                    _mains_voltage(_float(w[i : i + 2], WordOrder.ABCD)) for i in (0, 2, 4)
+                ),
+            ),
+        ),
+        reason="three mains phase voltages at 30001-30006",
+    ),
+    Probe(
+        profile="sdm120",
+        checks=(
+            Check(
+                kind=RegisterKind.INPUT,
+                address=0,
+                count=4,
+                accept=lambda w: (
+                    _mains_voltage(_float(w[0:2], WordOrder.ABCD))
+                    and _float(w[2:4], WordOrder.ABCD) == 0.0
+                ),
+            ),
+        ),
+        reason="one mains voltage at 30001 and nothing at the phase 2 address",
+    ),
+)
+
+
+class _Absent(Exception):
+    """The unit did not answer at all (timeout, or gateway exception 0x0A/0x0B)."""
+
+
+async def _try(
+    reader: RegisterReader, unit_id: int, kind: RegisterKind, address: int, count: int
+) -> list[int] | None:
+    """The registers, ``None`` if the device refused this read, `_Absent` if no device."""
+    try:
+        return await reader.read(kind, address, count, unit_id=unit_id)
+    except DeviceTimeout as exc:
+        raise _Absent from exc
+    except ModbusExceptionAnswer as exc:
+        if exc.code in ABSENT_CODES:
+            raise _Absent from exc
+        return None
+    except DeviceBusy:
+        return None  # present, but busy: the other probes may still identify it
+    except DeviceError:
+        return None
+
+
+async def probe_unit(reader: RegisterReader, unit_id: int) -> Found | None:
+    """Identify one unit; ``None`` if nothing answers at ``unit_id``."""
+    answered = False
+
+    async def read_holding(address: int, count: int) -> Sequence[int]:
+        nonlocal answered
+        words = await _try(reader, unit_id, RegisterKind.HOLDING, address, count)
+        if words is None:
+            answered = True
+            raise ModbusExceptionAnswer("refused", code=0x02)
+        answered = True
+        return words
+
+    try:
+        found = await discover(read_holding)
+        if found is not None:
+            identity = await _sunspec_identity(reader, unit_id, found.models)
+            return Found(unit_id=unit_id, driver="sunspec", models=found.model_ids, note=identity)
+        for probe in PROBES:
+            if await _passes(reader, unit_id, probe):
+                return Found(
+                    unit_id=unit_id, driver="modbus", profile=probe.profile, note=probe.reason
+                )
+            answered = True
+    except _Absent:
+        if not answered:
+            return None
+    except DeviceError:
+        pass  # a malformed SunSpec chain: present, not identified
+    return Found(unit_id=unit_id, driver="modbus", note="answers, but matches no shipped profile")
+
+
+async def _passes(reader: RegisterReader, unit_id: int, probe: Probe) -> bool:
+    for check in probe.checks:
+        words = await _try(reader, unit_id, check.kind, check.address, check.count)
+        if words is None:
+            return False
+        try:
+            if not check.accept(words):
+                return False
+        except (ValueError, IndexError):
+            return False
+    return True
+
+
+async def _sunspec_identity(
+    reader: RegisterReader, unit_id: int, models: Sequence[ModelLocation]
+) -> str:
+    """Manufacturer, model and serial number from model 1, for the installer's eye."""
+    common = next((m for m in models if m.id == 1), None)
+    if common is None:
+        return ""
+    words = await _try(reader, unit_id, RegisterKind.HOLDING, common.address, common.length + 2)
+    if words is None:
+        return ""
+    try:
+        values = decode_model(model_definitions()[1], words).values
+    except ValueError:
+        return ""
+    return " ".join(str(values[k]) for k in ("Mn", "Md", "SN") if values.get(k) is not None)
+
+
+async def scan_units(
+    reader: RegisterReader,
+    units: Sequence[int],
+    *,
+    progress: Callable[[int, int, int, Found | None], Awaitable[None] | None] | None = None,
+) -> list[Found]:
+    """Probe ``units`` in order; ``progress(done, total, unit_id, found)`` after each one."""
+    results: list[Found] = []
+    for index, unit_id in enumerate(units, start=1):
+        found = await probe_unit(reader, unit_id)
+        if found is not None:
+            results.append(found)
+        if progress is not None:
+            pending = progress(index, len(units), unit_id, found)
+            if pending is not None:
+                await pending
+    return results
+
+
+def parse_units(text: str) -> list[int]:
+    """``"1-10,20"`` -> ``[1, ..., 10, 20]``; raises `ValueError` outside 1..247."""
+    units: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        first, last = int(low), int(high or low)
+        if not 1 <= first <= last <= 247:
+            raise ValueError(f"unit ids must be 1..247 (got {part.strip()!r})")
+        units.extend(u for u in range(first, last + 1) if u not in units)
+    return units
+
+
+def config_snippet(found: Sequence[Found], *, transport: str, where: str) -> str:
+    """TOML ``[[devices]]`` entries for ``found``; ``transport`` is the inline transport table.
+
+    Unknown devices are emitted commented out, with a pointer to user-declared points.
+    """
+    lines = [
+        f"# Found by `gateway scan` on {where}. Profiles are guessed from a few registers:",
+        "# check every device with `gateway read --config FILE DEVICE` before relying on it.",
+    ]
+    for item in found:
+        lines.append("")
+        if item.driver == "sunspec":
+            models = ", ".join(str(m) for m in item.models)
+            lines.append(f"# SunSpec models {models}" + (f" ({item.note})" if item.note else ""))
+            lines += [
+                "[[devices]]",
+                f'id = "unit-{item.unit_id}-sunspec"',
+                'driver = "sunspec"',
+                f"unit_id = {item.unit_id}",
+                f"transport = {transport}",
+            ]
+        elif item.profile is not None:
+            lines += [
+                f"# guessed {item.profile}: {item.note}",
+                "[[devices]]",
+                f'id = "unit-{item.unit_id}-{item.profile}"',
+                'driver = "modbus"',
+                f'profile = "{item.profile}"',
+                f"unit_id = {item.unit_id}",
+                f"transport = {transport}",
+            ]
+        else:
+            lines += [
+                f"# unit {item.unit_id} {item.note}: declare its registers as `points = [...]`",
+                "# (see docs/configuration.md, 'Your own point table')",
+                "# [[devices]]",
+                f'# id = "unit-{item.unit_id}"',
+                '# driver = "modbus"',
+                f"# unit_id = {item.unit_id}",
+                f"# transport = {transport}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def _format(value: Value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.1f}"
+
+
+def reading_table(values: Mapping[str, Value], metrics: Mapping[str, MetricSpec]) -> str:
+    """One poll as an aligned table: metric, value (right-aligned, "—" for no value), unit."""
+    rows = [("metric", "value", "unit")]
+    rows += [(key, _format(values.get(key)), spec.unit) for key, spec in metrics.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"{m:<{widths[0]}}  {v:>{widths[1]}}  {u}".rstrip() for m, v, u in rows]
+    lines.insert(1, f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * max(4, widths[2])}")
+    return "\n".join(lines) + "\n"
+
+
+async def read_once(driver: Driver) -> Mapping[str, Value]:
+    """Open ``driver``, poll it once and close it (closing even when the poll fails)."""
+    try:
+        await driver.open()
+        return await driver.poll()
+    finally:
+        await driver.close()
+
+
+async def scan_tcp(
+    host: str, port: int, units: Sequence[int], *, request_timeout: float = 0.5
+) -> int:
+    """``gateway scan --host``: probe ``units``, progress on stderr, TOML on stdout; exit code
+    0 if anything was found, 1 otherwise."""
+    where = f"{host}:{port}"
+
+    def progress(done: int, total: int, unit_id: int, found: Found | None) -> None:
+        what = "no answer" if found is None else _describe(found)
+        print(f"scan {where}: unit {unit_id:>3} ({done}/{total}): {what}", file=sys.stderr)
+
+    async with ModbusTcpRegisters(host=host, port=port, timeout=request_timeout) as reader:
+        found = await scan_units(reader, units, progress=progress)
+    if not found:
+        print(f"scan {where}: nothing answered on units {units[0]}-{units[-1]}", file=sys.stderr)
+        return 1
+    transport = f'{{ kind = "tcp", host = "{host}", port = {port} }}'
+    sys.stdout.write(config_snippet(found, transport=transport, where=where))
+    return 0
+
+
+def _describe(found: Found) -> str:
+    if found.driver == "sunspec":
+        return f"SunSpec models {list(found.models)}" + (f" {found.note}" if found.note else "")
+    return found.profile or "unknown device"
+
+
+def find_device(config: GatewayConfig, device_id: str, *, source: str) -> DeviceConfig:
+    """The device ``device_id`` of ``config``; `ConfigError` listing the ids if there is none."""
+    for device in config.devices:
+        if device.id == device_id:
+            return device
+    known = ", ".join(d.id for d in config.devices) or "(none)"
+    raise ConfigError(f"{source}: no device {device_id!r}; devices: {known}")
+
+
+async def read_device(device: DeviceConfig, *, buses: BusRegistry | None = None) -> int:
+    """``gateway read``: one poll of ``device`` printed as a table; exit code 0, or 1 with the
+    device error on stderr."""
+    driver = build_driver(device, buses if buses is not None else BusRegistry())
+    try:
+        values = await read_once(driver)
+    except DeviceError as exc:
+        print(f"error: {device.id}: {exc.kind}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{device.id} ({device.driver})")
+    sys.stdout.write(reading_table(values, driver.metrics))
+    return 0

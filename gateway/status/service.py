@@ -1,0 +1,280 @@
+"""The status service: readings in; alarms on MQTT, the LED traffic lights and e-ink panels out.
+
+The gateway calls two things (see `StatusService`):
+
+- ``observe(readings)`` from the poll path, synchronously, for every poll's readings. It only
+  updates the latest values and evaluates the alarm rules (pure, microseconds) and wakes ``run``;
+  it never blocks and never raises for odd readings.
+- ``run()`` as a task. It publishes alarm changes as soon as ``observe`` queued them (so an alarm
+  reaches MQTT within the poll that crossed the threshold), checks for silent sensors, drives the
+  LEDs (and their alarm blink, 1 Hz) and refreshes panels whose content changed, writing images
+  off the event loop.
+
+``step()`` is the synchronous part of one ``run`` iteration; tests call it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from PIL import Image
+
+from gateway.config import GatewayConfig, PanelConfig, RoomConfig
+from gateway.model import Quality, Reading
+from gateway.status.airquality import (
+    CO2,
+    HUMIDITY,
+    PM25_KEYS,
+    TEMPERATURE,
+    Assessment,
+    Level,
+    assess,
+    pm25_of,
+)
+from gateway.status.alarms import SILENT, AlarmBook, AlarmChange, AlarmState, ThresholdRule
+from gateway.status.eink import MESSAGES, InkyBackend, Panel, PanelBackend, PanelContent, PngBackend
+from gateway.status.led import TrafficLight
+from gateway.status.publisher import AlarmPublisher
+
+log = logging.getLogger(__name__)
+
+#: Seconds between iterations of ``run`` without news; also the LED blink half-period.
+TICK = 0.5
+
+#: What an alarm's name says on the panel.
+ALARM_TEXT = {
+    "co2_high": "ALARM: CO₂ too high",
+    "pm25_high": "ALARM: fine dust",
+    SILENT: "ALARM: no sensor data",
+}
+
+
+def blink_phase(now: float) -> bool:
+    """Whether a blinking LED is on at monotonic time ``now`` (1 Hz, on for the first half)."""
+    return int(now / TICK) % 2 == 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomStatus:
+    """What a room shows right now: ``level`` ``None`` means no data yet."""
+
+    room: str
+    level: Level | None
+    assessment: Assessment | None
+    alarms: tuple[AlarmState, ...]
+
+
+def _pm25_rules(raise_above: float, clear_below: float) -> list[ThresholdRule]:
+    return [
+        ThresholdRule(
+            name="pm25_high", metric=key, raise_above=raise_above, clear_below=clear_below
+        )
+        for key in PM25_KEYS
+    ]
+
+
+class StatusService:
+    """Air-quality status for the rooms of ``config.status``; see the module docstring.
+
+    ``clock`` (monotonic seconds) and ``wall`` (aware UTC now) are injected for tests; so is
+    ``pin_factory`` (gpiozero's default when ``None``; pass ``MockFactory()`` when simulating).
+    ``publish`` is false to run without MQTT (tests of the local outputs).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        pin_factory: Any = None,
+        publish: bool = True,
+        panel_min_interval: float = 60.0,
+    ) -> None:
+        status = config.status
+        self._config = status
+        self._clock = clock
+        self._rooms: dict[str, RoomConfig] = {room.id: room for room in status.rooms}
+        intervals = {device.id: device.interval for device in config.devices}
+        watched = {d for room in status.rooms for d in room.devices}
+        alarms = status.alarms
+        self._book = AlarmBook(
+            rules=[
+                ThresholdRule(
+                    name="co2_high",
+                    metric=CO2,
+                    raise_above=alarms.co2_raise,
+                    clear_below=alarms.co2_clear,
+                ),
+                *_pm25_rules(alarms.pm25_raise, alarms.pm25_clear),
+            ],
+            silent_after={d: alarms.silent_intervals * intervals[d] for d in sorted(watched)},
+            clock=clock,
+            wall=wall,
+        )
+        self._latest: dict[str, dict[str, float]] = {}
+        self._latest_ts: dict[str, datetime] = {}
+        self._pending: list[AlarmChange] = []
+        self._wake = asyncio.Event()
+        self.publisher = (
+            AlarmPublisher(config=config.mqtt, site=config.site.id) if publish else None
+        )
+        self.leds: dict[str, TrafficLight] = {}
+        self.panels: dict[str, Panel] = {}
+        try:
+            for room in status.rooms:
+                if room.led is not None:
+                    self.leds[room.id] = TrafficLight(pins=room.led, pin_factory=pin_factory)
+                if room.panel is not None:
+                    self.panels[room.id] = Panel(
+                        size=room.panel.size,
+                        backend=_backend(room.panel),
+                        clock=clock,
+                        min_interval=panel_min_interval,
+                    )
+        except BaseException:
+            self.close()
+            raise
+
+    def observe(self, readings: Sequence[Reading]) -> None:
+        """Take one poll's readings (any devices); cheap and synchronous, never raises for data."""
+        for reading in readings:
+            values = self._latest.setdefault(reading.device, {})
+            if reading.quality is Quality.GOOD and isinstance(reading.value, int | float):
+                values[reading.metric] = float(reading.value)
+                self._latest_ts[reading.device] = reading.ts
+            else:
+                values.pop(reading.metric, None)  # shown as "--", never as a stale number
+            self._pending += self._book.observe(reading)
+        self._wake.set()
+
+    def room(self, room_id: str) -> RoomStatus:
+        """What room ``room_id`` shows now."""
+        room = self._rooms[room_id]
+        values: dict[str, float] = {}
+        for device in room.devices:  # later devices win for a metric two of them report
+            values.update(self._latest.get(device, {}))
+        alarms = tuple(a for d in room.devices for a in self._book.active(d))
+        assessment = assess(values, self._config) if values else None
+        level = Level.ALARM if alarms else (assessment.level if assessment else None)
+        return RoomStatus(room=room_id, level=level, assessment=assessment, alarms=alarms)
+
+    def step(self) -> list[tuple[Panel, Image.Image]]:
+        """One iteration: check silence, publish changes, set the LEDs; return panel refreshes due."""
+        self._pending += self._book.check()
+        pending, self._pending = self._pending, []
+        for change in pending:
+            log.log(
+                logging.WARNING if change.state.active else logging.INFO,
+                "alarm %s of %s: %s (value %s, threshold %s)",
+                change.state.name,
+                change.state.device,
+                "active" if change.state.active else "clear",
+                change.state.value,
+                change.state.threshold,
+            )
+            if self.publisher is not None:
+                self.publisher.publish(change)
+        blink_on = blink_phase(self._clock())
+        refreshes = []
+        for room_id in self._rooms:
+            status = self.room(room_id)
+            if room_id in self.leds:
+                self.leds[room_id].show(status.level, blink_on=blink_on)
+            if room_id in self.panels:
+                image = self.panels[room_id].update(self._content(status))
+                if image is not None:
+                    refreshes.append((self.panels[room_id], image))
+        return refreshes
+
+    async def run(self) -> None:
+        """Publish, blink and refresh until cancelled (see the module docstring)."""
+        publisher_task = (
+            asyncio.create_task(self.publisher.run(), name="status-mqtt")
+            if self.publisher is not None
+            else None
+        )
+        try:
+            while True:
+                self._wake.clear()
+                for panel, image in self.step():
+                    try:
+                        await asyncio.to_thread(panel.backend.show, image)
+                    except OSError as exc:
+                        log.error("panel refresh failed: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK)
+        finally:
+            if publisher_task is not None:
+                publisher_task.cancel()
+                await asyncio.gather(publisher_task, return_exceptions=True)
+
+    def close(self) -> None:
+        """Release the GPIO pins (LEDs off)."""
+        for led in self.leds.values():
+            led.close()
+        self.leds.clear()
+
+    def _content(self, status: RoomStatus) -> PanelContent:
+        room = self._rooms[status.room]
+        values: dict[str, float] = {}
+        for device in room.devices:
+            values.update(self._latest.get(device, {}))
+        stamps = [self._latest_ts[d] for d in room.devices if d in self._latest_ts]
+        return PanelContent(
+            room=room.name,
+            level=status.level,
+            co2=_round(values.get(CO2)),
+            temperature=round(values[TEMPERATURE], 1) if TEMPERATURE in values else None,
+            humidity=_round(values.get(HUMIDITY)),
+            pm25=_round(pm25_of(values)),
+            message=_message(status, values),
+            time=max(stamps).astimezone().strftime("%H:%M") if stamps else "",
+        )
+
+
+def _round(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
+def _message(status: RoomStatus, values: Mapping[str, float]) -> str:
+    """The sentence for the teacher: what is wrong, and what to do about it."""
+    if status.alarms:
+        return ALARM_TEXT.get(status.alarms[0].name, "ALARM")
+    assessment = status.assessment
+    if assessment is None or status.level is None:
+        return MESSAGES[None]
+    if (
+        status.level is Level.POOR
+        and assessment.pm25 is Level.POOR
+        and assessment.co2 is not Level.POOR
+    ):
+        return "Too much fine dust!"
+    if (
+        status.level is Level.MODERATE
+        and assessment.co2 in (Level.GOOD, None)
+        and assessment.pm25 in (Level.GOOD, None)
+    ):
+        return _comfort_message(values.get(TEMPERATURE), values.get(HUMIDITY))
+    return MESSAGES[status.level]
+
+
+def _comfort_message(temperature: float | None, humidity: float | None) -> str:
+    """Why comfort alone made the room moderate (see `gateway.status.airquality`)."""
+    if temperature is not None and not 20 <= temperature <= 24:
+        return "A bit warm" if temperature > 24 else "A bit cold"
+    return "Air is dry" if humidity is not None and humidity < 30 else "Air is humid"
+
+
+def _backend(panel: PanelConfig) -> PanelBackend:
+    if panel.backend == "inky":
+        return InkyBackend()
+    assert panel.path is not None  # guaranteed by PanelConfig's validator
+    return PngBackend(path=panel.path)
