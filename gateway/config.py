@@ -163,7 +163,7 @@ class ClockConfig(_Model):
     @model_validator(mode="after")
     def _file_needs_path(self) -> ClockConfig:
         if (self.sync == "file") != (self.sync_file is not None):
-            raise ValueError("sync_file is required with sync = \"file\" and only then")
+            raise ValueError('sync_file is required with sync = "file" and only then')
         return self
 
 
@@ -649,7 +649,11 @@ def _key_path(loc: list[Any], data: Any) -> str:
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
             node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
-        if isinstance(node, dict) and item not in node and item in (*DRIVER_NAMES, *TRANSPORT_KINDS):
+        if (
+            isinstance(node, dict)
+            and item not in node
+            and item in (*DRIVER_NAMES, *TRANSPORT_KINDS)
+        ):
             continue  # the union tag, not a key in the file
         parts.append(str(item))
         node = node.get(item) if isinstance(node, dict) else None

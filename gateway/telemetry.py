@@ -62,10 +62,7 @@ def encode_telemetry(site: str, device: str, readings: Sequence[Reading]) -> byt
         "v": SCHEMA_VERSION,
         "site": site,
         "device": device,
-        "readings": [
-            _wire_reading(r)
-            for r in readings
-        ],
+        "readings": [_wire_reading(r) for r in readings],
     }
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
