@@ -51,6 +51,7 @@ class GatewayRuntime:
     buffer: BufferWorker
     publisher: MqttPublisher
     pollers: list[BusPoller]
+    keeper: TimeKeeper
 
 
 async def run_gateway(
@@ -85,7 +86,9 @@ async def run_gateway(
         )
         keeper = TimeKeeper(monitor=monitor, buffer=buffer, hold_seconds=config.clock.hold_unsynced)
         display = _status_service(config, simulate=simulate, stack=stack)
-        runtime = GatewayRuntime(config=config, buffer=buffer, publisher=publisher, pollers=[])
+        runtime = GatewayRuntime(
+            config=config, buffer=buffer, publisher=publisher, pollers=[], keeper=keeper
+        )
         sink = _sink(buffer, keeper, display)
         runtime.pollers = _pollers(config, buses, sequence, sink, monitor.stamp)
         if started is not None:
@@ -108,6 +111,7 @@ async def run_gateway(
             for task in [*polling, *others]:
                 task.cancel()
             await asyncio.gather(*polling, return_exceptions=True)
+            await buffer.flush()  # the last commit window, so that it is drained too
             try:
                 async with asyncio.timeout(DRAIN_TIMEOUT):
                     await publisher.wait_drained()
