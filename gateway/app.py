@@ -12,8 +12,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.buffer import BufferLimits, BufferWorker, SqliteBuffer
@@ -26,10 +26,11 @@ from gateway.clock import (
     file_generation,
 )
 from gateway.config import BufferConfig, ClockConfig, GatewayConfig
-from gateway.model import Reading
+from gateway.model import Reading, utc_ms
 from gateway.registry import BusRegistry, build_driver
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
 from gateway.sinks.mqtt import MqttPublisher
+from gateway.status.alarms import AlarmState
 from gateway.status.service import StatusService
 from gateway.timekeeper import TimeKeeper
 
@@ -222,15 +223,43 @@ def status_details(runtime: GatewayRuntime, pending: int, dropped: int) -> dict[
 
 
 async def _report_status(runtime: GatewayRuntime) -> None:
-    """Publish the status with counters every `STATUS_INTERVAL` s, and at once after drops."""
+    """Publish the status with counters every `STATUS_INTERVAL` s, and at once after drops.
+
+    Drops also raise the ``buffer_dropped`` alarm of device ``gateway`` (value: readings dropped
+    in this episode); it clears once the buffer has drained.
+    """
     wake = asyncio.Event()
     runtime.buffer.on_dropped = lambda count: wake.set()
+    baseline = await runtime.buffer.dropped()  # drops from before this episode
+    alarm: AlarmState | None = None  # the active alarm, if any
     while True:
         pending, dropped = await runtime.buffer.pending(), await runtime.buffer.dropped()
         runtime.publisher.publish_status(status_details(runtime, pending, dropped))
+        episode = dropped - baseline
+        if alarm is None and episode:
+            alarm = _buffer_alarm(active=True, value=episode)
+            runtime.publisher.publish_alarm(alarm, event=True)
+        elif alarm is not None and pending == 0:
+            runtime.publisher.publish_alarm(_buffer_alarm(active=False, value=episode), event=True)
+            alarm, baseline = None, dropped
+        elif alarm is not None and episode != alarm.value:
+            alarm = replace(alarm, value=episode)
+            runtime.publisher.publish_alarm(alarm, event=False)
         wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), STATUS_INTERVAL)
+
+
+def _buffer_alarm(*, active: bool, value: float | None) -> AlarmState:
+    return AlarmState(
+        device="gateway",
+        name="buffer_dropped",
+        active=active,
+        value=value,
+        unit="readings",
+        threshold=0,
+        since=utc_ms(datetime.now(UTC)),
+    )
 
 
 async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -29,10 +29,35 @@ class DeviceTimeout(DeviceError):
     kind = "timeout"
 
 
+class DeviceNotReady(DeviceError):
+    """The device is fine but has no new data yet (a sensor between measurements).
+
+    Not a fault: nothing is counted or logged. The scheduler asks again after ``retry_after``
+    seconds and lets the other devices on the bus go first, so a waiting sensor never holds a
+    shared bus. A driver that stays not ready for too long raises `DeviceTimeout` instead.
+    """
+
+    kind = "not_ready"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DecodeError(DeviceError):
     """An answer arrived but is malformed: CRC/checksum mismatch, short frame, bad header."""
 
     kind = "decode"
+
+
+class DeviceStuck(DecodeError):
+    """The sensor returned the same raw measurement for too many polls in a row.
+
+    A `DecodeError` (the answer arrived but cannot be trusted), counted under its own kind so that
+    a stuck sensor stands out from line noise in the per-device error counters.
+    """
+
+    kind = "stuck"
 
 
 class DeviceBusy(DeviceError):

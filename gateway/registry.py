@@ -109,6 +109,8 @@ def _scd4x(device: Scd4xDevice, buses: BusRegistry) -> Driver:
         bus=buses.i2c(device.bus),
         address=device.address,
         low_power=device.low_power,
+        # Two measurement periods and a second: one missed measurement is not yet a fault.
+        data_timeout=61.0 if device.low_power else 11.0,
         settings=settings,
         stuck_polls=device.stuck_polls,
     )

@@ -7,6 +7,9 @@ Timing: polls are scheduled on the monotonic clock on a fixed grid (``start + k 
 wall-clock step never causes a burst or a gap; a poll that ran late skips the grid slots it missed
 rather than catching up in a burst. Readings are stamped with the wall clock (``wall_clock``).
 
+Not ready: a driver raising `DeviceNotReady` (a sensor between measurements) is asked again after
+its ``retry_after``, with no error counted; the other devices on the bus run meanwhile.
+
 Failures: a `DeviceError` marks the device unavailable; it is logged once when it starts failing
 and once when it recovers, counted per error class, and retried with jittered exponential backoff
 (never sooner than its interval), so a dead device costs its bus at most one timeout per retry.
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from drivers.base import Driver
-from gateway.errors import DeviceError, DeviceTimeout
+from gateway.errors import DeviceError, DeviceNotReady, DeviceTimeout
 from gateway.model import Quality, Reading, Value, utc_ms
 
 log = logging.getLogger(__name__)
@@ -91,11 +94,21 @@ class BusPoller:
         self._rng = rng or random.Random()
 
     async def run(self) -> None:
-        """Poll forever; on cancellation close every driver."""
-        start = self._monotonic()
-        for device in self.devices:
-            device.next_due = start
+        """Open every device, then poll forever; on cancellation close every driver.
+
+        Opening first means a slow open (the SCD4x driver stops the chip and waits 0.5 s) never
+        makes the first polls of the bus's other devices late; a failed open is retried with
+        backoff like any failure.
+        """
         try:
+            failed: set[str] = set()
+            for device in self.devices:
+                if not await self._open(device):
+                    failed.add(device.id)
+            start = self._monotonic()
+            for device in self.devices:
+                if device.id not in failed:
+                    device.next_due = start
             while True:
                 device = min(self.devices, key=lambda d: d.next_due)
                 delay = device.next_due - self._monotonic()
@@ -111,12 +124,14 @@ class BusPoller:
 
     async def _service(self, device: DeviceState) -> None:
         due = device.next_due
+        if not device.opened and not await self._open(device):
+            return
         try:
             async with asyncio.timeout(device.guard):
-                if not device.opened:
-                    await device.driver.open()
-                    device.opened = True
                 values = await device.driver.poll()
+        except DeviceNotReady as exc:
+            device.next_due = self._monotonic() + min(exc.retry_after, device.interval)
+            return
         except (DeviceError, TimeoutError) as exc:
             error = exc if isinstance(exc, DeviceError) else DeviceTimeout("no answer in time")
             await self._failed(device, error)
@@ -124,6 +139,18 @@ class BusPoller:
         ts, synced = self._stamp()
         await self._sink(self._readings(device, values, utc_ms(ts), synced))
         self._succeeded(device, due)
+
+    async def _open(self, device: DeviceState) -> bool:
+        """Open ``device``'s driver; on failure count it, back off and return False."""
+        try:
+            async with asyncio.timeout(device.guard):
+                await device.driver.open()
+        except (DeviceError, TimeoutError) as exc:
+            error = exc if isinstance(exc, DeviceError) else DeviceTimeout("open took too long")
+            await self._failed(device, error)
+            return False
+        device.opened = True
+        return True
 
     def _readings(
         self, device: DeviceState, values: Mapping[str, Value], ts: datetime, synced: bool

@@ -80,7 +80,7 @@ class Pmsa003iDriver:
 
     Errors: a NACK or a socket failure is `DeviceTimeout`; a bad header, frame length or checksum
     is `DecodeError`; the same frame ``stuck_polls`` polls in a row is
-    `drivers.sensors.stuck.SensorStuck` (0 disables the check). ``close`` never raises and
+    `gateway.errors.DeviceStuck` (0 disables the check). ``close`` never raises and
     leaves the bus open (the bus belongs to the caller).
     """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ import adafruit_scd4x
 from drivers.sensors.i2c_bus import I2CBus
 from drivers.sensors.scd4x_settings import Scd4xSettings, apply_settings
 from drivers.sensors.stuck import StuckDetector
-from gateway.errors import DecodeError, DeviceError, DeviceTimeout
+from gateway.errors import DecodeError, DeviceError, DeviceNotReady, DeviceTimeout
 from gateway.model import MetricSpec, Value
 
 logger = logging.getLogger(__name__)
@@ -42,10 +43,11 @@ class Scd4xDriver:
     """A `drivers.base.Driver` for one SCD40/41/43 on an injected `I2CBus`.
 
     ``open`` probes the address (absent or silent chip: `DeviceTimeout`) and starts the periodic
-    measurement (``low_power``: one every 30 s instead of 5 s). ``poll`` waits up to
-    ``data_timeout`` seconds for a measurement it has not returned yet and returns ``co2`` (int,
-    ppm), ``temperature`` (°C) and ``humidity`` (%RH), both to 2 decimals. In low-power mode give
-    ``data_timeout`` more than 30 s, or the first poll after ``open`` may time out.
+    measurement (``low_power``: one every 30 s instead of 5 s). ``poll`` returns a measurement it
+    has not returned yet: ``co2`` (int, ppm), ``temperature`` (°C) and ``humidity`` (%RH), both to
+    2 decimals; while there is none it raises `DeviceNotReady` at once (never holding the bus),
+    and after ``data_timeout`` seconds without one `DeviceTimeout`. In low-power mode give
+    ``data_timeout`` more than 30 s.
 
     ``settings`` (compensation: ASC, altitude or ambient pressure, temperature offset) are applied
     at every ``open`` by `drivers.sensors.scd4x_settings.apply_settings`, which writes and
@@ -55,7 +57,7 @@ class Scd4xDriver:
 
     Errors: a NACK or a socket failure is `DeviceTimeout`, a CRC mismatch is `DecodeError`, and
     the same raw measurement ``stuck_polls`` times in a row is
-    `drivers.sensors.stuck.SensorStuck` (0 disables the check).
+    `gateway.errors.DeviceStuck` (0 disables the check).
     The bus belongs to the caller (other sensors may share it): ``close`` stops the measurement,
     which the chip keeps running otherwise, and leaves the bus open.
     """
@@ -70,8 +72,11 @@ class Scd4xDriver:
         settings: Scd4xSettings | None = None,
         stuck_polls: int = 0,
         max_persists: int = 3,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._bus = bus
+        self._monotonic = monotonic
+        self._last_data = monotonic()
         self._address = address
         self._data_timeout = data_timeout
         self._low_power = low_power
@@ -95,23 +100,28 @@ class Scd4xDriver:
             self._sensor = await self._call(self._start)
         except ValueError as exc:  # adafruit_bus_device's probe: nothing acknowledged
             raise DeviceTimeout(f"{self._name}: no device answers ({exc})") from exc
+        self._last_data = self._monotonic()  # the first measurement is due one period from now
         logger.info("%s: periodic measurement started (low power: %s)", self._name, self._low_power)
 
     async def poll(self) -> Mapping[str, Value]:
-        """Return the newest measurement, waiting up to ``data_timeout`` s for one."""
+        """Return the newest measurement; `DeviceNotReady` while there is none yet.
+
+        One data-ready check per call, so that waiting for the next measurement never holds a
+        shared bus. No new data for ``data_timeout`` seconds (since the last measurement or the
+        open) is a `DeviceTimeout`.
+        """
         sensor = self._sensor
         if sensor is None:
             raise DeviceError(f"{self._name}: poll() before a successful open()")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._data_timeout
-        while not await self._call(lambda: bool(sensor.data_ready)):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+        if not await self._call(lambda: bool(sensor.data_ready)):
+            waited = self._monotonic() - self._last_data
+            if waited > self._data_timeout:
                 raise DeviceTimeout(f"{self._name}: no new data within {self._data_timeout} s")
-            await asyncio.sleep(min(_READY_POLL_S, remaining))
+            raise DeviceNotReady(f"{self._name}: no new measurement yet", retry_after=_READY_POLL_S)
         co2, temperature, humidity = await self._call(
             lambda: (sensor.CO2, sensor.temperature, sensor.relative_humidity)
         )
+        self._last_data = self._monotonic()
         if co2 is None or temperature is None or humidity is None:
             raise DeviceTimeout(f"{self._name}: data ready but no measurement was read")
         self._stuck.check((co2, temperature, humidity))  # raw: exact functions of the words

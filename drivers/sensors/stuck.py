@@ -11,21 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from gateway.errors import DecodeError
-
-
-class SensorStuck(DecodeError):
-    """The sensor returned the same raw measurement for too many polls in a row.
-
-    A `DecodeError` (the answer arrived but cannot be trusted), counted under its own kind so that
-    a stuck sensor stands out from line noise in the per-device error counters.
-    """
-
-    kind = "stuck"
+from gateway.errors import DeviceStuck
 
 
 class StuckDetector:
-    """Counts consecutive identical measurements; `check` raises `SensorStuck` at ``limit``.
+    """Counts consecutive identical measurements; `check` raises `DeviceStuck` at ``limit``.
 
     ``limit`` is the number of identical measurements in a row that is treated as stuck (so the
     first ``limit - 1`` repeats are still published); 0 disables the check. The detector keeps
@@ -45,13 +35,13 @@ class StuckDetector:
         self._last, self._repeats = None, 0
 
     def check(self, measurement: Hashable) -> None:
-        """Record ``measurement``; raise `SensorStuck` if it is the ``limit``-th identical one."""
+        """Record ``measurement``; raise `DeviceStuck` if it is the ``limit``-th identical one."""
         if measurement == self._last:
             self._repeats += 1
         else:
             self._last, self._repeats = measurement, 1
         if self._limit and self._repeats >= self._limit:
-            raise SensorStuck(
+            raise DeviceStuck(
                 f"{self._name}: the same measurement {self._repeats} times in a row; "
                 "the sensor looks stuck, its value is withheld"
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,15 +24,22 @@ from gateway import __version__
 from gateway.buffer import Batch, BufferWorker
 from gateway.config import MqttConfig
 from gateway.mqtt_client import LoopBridge, make_client, reason_text
+from gateway.status.alarms import AlarmState
+from gateway.status.publisher import encode_alarm_event, encode_alarm_state
 from gateway.telemetry import (
+    alarm_topic,
     encode_status,
     encode_telemetry,
+    events_topic,
     group_by_device,
     status_topic,
     telemetry_topic,
 )
 
 log = logging.getLogger(__name__)
+
+#: Alarm events kept while disconnected; older ones are dropped (their final state is retained).
+MAX_UNSENT_EVENTS = 100
 
 
 @dataclass
@@ -47,6 +55,9 @@ class PublisherStats:
     """Counters for the status page and the tests."""
 
     messages_sent: int = 0
+    #: Payload bytes and readings handed to the broker (for bytes-per-reading figures).
+    payload_bytes: int = 0
+    readings_sent: int = 0
     messages_acked: int = 0
     readings_acked: int = 0
     connects: int = 0
@@ -77,6 +88,9 @@ class MqttPublisher:
         self._stopping = False
         self._client: mqtt.Client | None = None
         self._details: dict[str, Any] = {}
+        self._alarms: dict[tuple[str, str], AlarmState] = {}
+        #: Alarm events raised while disconnected, sent on connect (bounded: newest kept).
+        self._unsent_events: deque[AlarmState] = deque(maxlen=MAX_UNSENT_EVENTS)
         self._progress = asyncio.Event()
         self.connected = asyncio.Event()
         self.stats = PublisherStats()
@@ -144,6 +158,8 @@ class MqttPublisher:
             self._by_mid[info.mid] = pending
             self._inflight_messages += 1
             self.stats.messages_sent += 1
+            self.stats.payload_bytes += len(payload)
+            self.stats.readings_sent += len(readings)
         if not pending.mids:
             await self._buffer.end(batch, accepted=False)
             await asyncio.sleep(1.0)
@@ -160,6 +176,35 @@ class MqttPublisher:
             self._site, "online", version=__version__, ts=datetime.now(UTC), details=details
         )
         self._client.publish(self._status_topic, online, qos=1, retain=True)
+
+    def publish_alarm(self, state: AlarmState, *, event: bool) -> None:
+        """Publish a gateway alarm's retained state, and on a transition (``event``) the event.
+
+        While disconnected, the state is kept (and sent on connect) and events wait in a bounded
+        queue; on connect the waiting events go out first, then the current states, so that the
+        retained state is always the newest.
+        """
+        self._alarms[(state.device, state.name)] = state
+        if not self._can_send():
+            if event:
+                self._unsent_events.append(state)
+            return
+        if event:
+            self._send_event(state)
+        self._send_state(state)
+
+    def _can_send(self) -> bool:
+        return self._client is not None and self.connected.is_set() and not self._stopping
+
+    def _send_state(self, state: AlarmState) -> None:
+        assert self._client is not None  # checked by _can_send
+        topic = alarm_topic(self._config.topic_prefix, self._site, state.device, state.name)
+        self._client.publish(topic, encode_alarm_state(self._site, state), qos=1, retain=True)
+
+    def _send_event(self, state: AlarmState) -> None:
+        assert self._client is not None  # checked by _can_send
+        topic = events_topic(self._config.topic_prefix, self._site)
+        self._client.publish(topic, encode_alarm_event(self._site, state), qos=1)
 
     async def wait_drained(self) -> None:
         """Return once the buffer is empty and nothing is in flight (callers bound the wait).
@@ -216,6 +261,10 @@ class MqttPublisher:
         self._client = client
         self.publish_status(self._details)
         self.connected.set()
+        while self._unsent_events:
+            self._send_event(self._unsent_events.popleft())
+        for state in self._alarms.values():  # retained states survive a broker restart too
+            self._send_state(state)
 
     def _on_disconnect(self, reason_code: Any) -> None:
         if self.connected.is_set() and not self._stopping:

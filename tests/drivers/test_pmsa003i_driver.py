@@ -2,7 +2,7 @@
 
 Every fault gives "no value" plus a counted error, never a wrong number: CRC/checksum and header
 errors are `DecodeError`, a NACK is `DeviceTimeout`, an absent chip fails at open, warm-up gives
-``None`` for every metric, a stuck chip is `SensorStuck`. The driver's ``time.sleep`` (PM25_I2C
+``None`` for every metric, a stuck chip is `DeviceStuck`. The driver's ``time.sleep`` (PM25_I2C
 retries 5 x 1 s for an absent chip) is the fake clock's ``advance``; the driver's warm-up clock is
 the same fake clock.
 """
@@ -19,8 +19,7 @@ import pytest
 
 from drivers.sensors.i2c_bus import RemoteI2C
 from drivers.sensors.pmsa003i import Pmsa003iDriver
-from drivers.sensors.stuck import SensorStuck
-from gateway.errors import DecodeError, DeviceError, DeviceTimeout
+from gateway.errors import DecodeError, DeviceError, DeviceStuck, DeviceTimeout
 from simulators.i2c import SimI2CBus
 from simulators.i2c_server import I2CBusServer
 from simulators.particles import PmSample
@@ -208,7 +207,7 @@ def test_stuck_chip_is_withheld_and_counted_until_it_moves(
         assert (await driver.poll())["pm25"] is not None  # twice the same: still published
         for _ in range(2):
             clock.advance(10)
-            with pytest.raises(SensorStuck, match=r"[34] times") as info:
+            with pytest.raises(DeviceStuck, match=r"[34] times") as info:
                 await driver.poll()
             assert info.value.kind == "stuck" and isinstance(info.value, DecodeError)
         chip_with_noise.stuck = False

@@ -24,10 +24,10 @@ from drivers.sensors.scd4x_settings import (
     apply_settings,
     forced_recalibration,
 )
-from drivers.sensors.stuck import SensorStuck
 from gateway import calibrate
 from gateway.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, main
 from gateway.config import Scd4xDevice
+from gateway.errors import DeviceStuck
 from simulators.i2c import SimI2CBus
 from simulators.scd4x import ADDRESS, Mode, Scd4xChip
 
@@ -170,7 +170,7 @@ def test_stuck_scd4x_is_withheld_and_counted(
         clock.advance(5)
         await driver.poll()  # the frozen value a second time: still published
         clock.advance(5)
-        with pytest.raises(SensorStuck) as info:
+        with pytest.raises(DeviceStuck) as info:
             await driver.poll()
         assert info.value.kind == "stuck"
         moving.stuck = False

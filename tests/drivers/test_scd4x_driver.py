@@ -18,7 +18,7 @@ import pytest
 
 from drivers.sensors.i2c_bus import RemoteI2C, open_i2c_bus
 from drivers.sensors.scd4x import Scd4xDriver
-from gateway.errors import DecodeError, DeviceError, DeviceTimeout
+from gateway.errors import DecodeError, DeviceError, DeviceNotReady, DeviceTimeout
 from simulators.classroom import ClassroomAir
 from simulators.i2c import SimI2CBus
 from simulators.i2c_server import I2CBusServer
@@ -114,16 +114,23 @@ def test_reads_the_environment_through_the_sim_bus(
     assert chip.log == [stop, start, *poll, *poll, stop]
 
 
-def test_waits_for_data_then_times_out(bus: SimI2CBus, clock: FakeClock) -> None:
+def test_not_ready_between_measurements_then_times_out(
+    bus: SimI2CBus, chip: Scd4xChip, clock: FakeClock
+) -> None:
     async def scenario() -> None:
-        driver = Scd4xDriver(bus=bus, data_timeout=0.05)
+        driver = Scd4xDriver(bus=bus, data_timeout=6.0, monotonic=clock)
         await driver.open()
-        with pytest.raises(DeviceTimeout, match="no new data"):
-            await driver.poll()
+        with pytest.raises(DeviceNotReady) as info:
+            await driver.poll()  # the first measurement is 5 s away: ask again soon
+        assert 0 < info.value.retry_after <= 1
         clock.advance(5.0)
         await driver.poll()
-        with pytest.raises(DeviceTimeout):
+        with pytest.raises(DeviceNotReady):
             await driver.poll()  # that measurement was already returned
+        bus.writeto(0x62, bytes.fromhex("3f86"))  # the chip stops measuring behind our back
+        clock.advance(6.5)
+        with pytest.raises(DeviceTimeout, match=r"no new data within 6\.0 s"):
+            await driver.poll()
         await driver.close()
 
     run(scenario)
@@ -133,11 +140,11 @@ def test_low_power_mode_starts_the_30_s_measurement(
     bus: SimI2CBus, chip: Scd4xChip, clock: FakeClock
 ) -> None:
     async def scenario() -> None:
-        driver = Scd4xDriver(bus=bus, low_power=True, data_timeout=0.05)
+        driver = Scd4xDriver(bus=bus, low_power=True, data_timeout=61.0, monotonic=clock)
         await driver.open()
         assert chip.mode is Mode.LOW_POWER
         clock.advance(29.0)
-        with pytest.raises(DeviceTimeout):
+        with pytest.raises(DeviceNotReady):
             await driver.poll()
         clock.advance(1.0)
         await driver.poll()

@@ -165,7 +165,7 @@ UNITS_PER_LINE = 3
 TOTAL_FAULTS = 10_000
 FAULT_CLASSES: tuple[Fault, ...] = (
     Fault("drop"),
-    Fault("delay", delay=0.13),  # beyond the 0.1 s timeout: the late answer must not hurt
+    Fault("delay", delay=0.35),  # beyond the 0.25 s timeout: the late answer must not hurt
     Fault("crc"),
     Fault("truncate"),
     Fault("garbage"),
@@ -222,7 +222,9 @@ def test_ten_thousand_faults_of_every_class_are_counted_exactly() -> None:
                         if i % 3 == 2:
                             plan.append(None)
                     sim.schedule(unit, plan)
-                    reader = LineUnit(line=line, unit_id=unit, response_timeout=0.1)
+                    # 0.25 s: answers take milliseconds, but 20 busy lines on 2 loaded cores can be
+                    # late by tens of ms, and a late answer must not be counted as a drop.
+                    reader = LineUnit(line=line, unit_id=unit, response_timeout=0.25)
                     states.append(
                         DeviceState(
                             id=f"l{n}u{unit}",
@@ -283,7 +285,13 @@ def test_ten_thousand_faults_of_every_class_are_counted_exactly() -> None:
                 expected_kinds[scheduler_kind(label)] += n
                 expected_detail[LINE_KIND.get(label, label)] += n
             assert state.errors == expected_kinds, (
-                state.id, state.errors, expected_kinds, line.faults(unit), injected, line.stray_frames, line.discarded_bytes
+                state.id,
+                state.errors,
+                expected_kinds,
+                line.faults(unit),
+                injected,
+                line.stray_frames,
+                line.discarded_bytes,
             )
             assert line.faults(unit) == expected_detail, (state.id, line.faults(unit))
         # Each late answer was either skipped as a stray frame or flushed before the next request.

@@ -7,6 +7,7 @@ from a persistent test subscriber: every sequence number 1..N that the buffer ha
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sqlite3
@@ -27,9 +28,17 @@ pytestmark = pytest.mark.system
 
 
 def meta(path: Path) -> dict[str, int]:
-    """The buffer's counters, read while the gateway runs (WAL allows a concurrent reader)."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-        return dict(db.execute("SELECT key, value FROM meta").fetchall())
+    """The buffer's counters, read while the gateway runs (WAL allows a concurrent reader);
+    all 0 until the gateway has created the file."""
+    counters = {"last_seq": 0, "dropped": 0}
+    if path.exists():
+        # OperationalError: the gateway is creating the schema right now.
+        with (
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db,
+            contextlib.suppress(sqlite3.OperationalError),
+        ):
+            counters.update(db.execute("SELECT key, value FROM meta").fetchall())
+    return counters
 
 
 def store_seqs(tsdb: ServerProcess) -> list[float]:
@@ -66,7 +75,7 @@ def test_broker_outage_leaves_no_gap(
     gateway = Process("gateway", [GATEWAY, "run", "--simulate", "--config", str(config)], tmp_path)
     processes.append(gateway)
     db = tmp_path / "buffer.sqlite3"
-    wait_until(lambda: db.exists() and meta(db)["last_seq"] > 50, timeout=60, what="first polls")
+    wait_until(lambda: meta(db)["last_seq"] > 50, timeout=60, what="first polls")
 
     broker.stop()  # Mosquitto saves the bridge's session on the way down
     at_stop = meta(db)["last_seq"]
@@ -121,7 +130,7 @@ def test_buffer_cap_drops_exactly_the_oldest_undelivered_and_polling_goes_on(
     gateway = Process("gateway", [GATEWAY, "run", "--simulate", "--config", str(config)], tmp_path)
     processes.append(gateway)
     db = tmp_path / "buffer.sqlite3"
-    wait_until(lambda: db.exists() and meta(db)["dropped"] > 50, timeout=90, what="drops")
+    wait_until(lambda: meta(db)["dropped"] > 50, timeout=90, what="drops")
     polled_before = meta(db)["last_seq"]
     wait_until(
         lambda: meta(db)["last_seq"] > polled_before + 40, timeout=30, what="polling after drops"
@@ -157,6 +166,19 @@ def test_buffer_cap_drops_exactly_the_oldest_undelivered_and_polling_goes_on(
     reported = [s["buffer"]["dropped"] for s in statuses if "buffer" in s]
     assert reported and max(reported) == dropped
     assert "buffer full: dropped" in gateway.output()
+    # The alarm fired: an event, and the retained state counts exactly the dropped readings.
+    alarms = [
+        m.json()
+        for m in capture.snapshot()
+        if m.topic == "canary/kg-sunflower/alarms/gateway/buffer_dropped"
+    ]
+    events = [
+        m.json()
+        for m in capture.snapshot()
+        if m.topic == "canary/kg-sunflower/events" and m.json()["alarm"] == "buffer_dropped"
+    ]
+    assert alarms and alarms[-1]["state"] == "active" and alarms[-1]["value"] == dropped
+    assert events and events[0]["state"] == "active"
 
 
 def received(capture: MqttCapture) -> set[int]:
