@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from gateway.buffer import BufferLimits, BufferWorker, SqliteBuffer
@@ -53,6 +54,8 @@ class GatewayRuntime:
     publisher: MqttPublisher
     pollers: list[BusPoller]
     keeper: TimeKeeper
+    #: Where a damaged buffer file was moved at start-up, if one was found (reported in status).
+    recovered_from: Path | None = None
 
 
 async def run_gateway(
@@ -73,9 +76,8 @@ async def run_gateway(
             from gateway.simulate import simulated  # noqa: PLC0415 - simulators load only on demand
 
             config, buses, _site = await stack.enter_async_context(simulated(config))
-        buffer = BufferWorker(
-            _open_buffer(config.buffer), commit_interval=config.buffer.commit_interval
-        )
+        storage = _open_buffer(config.buffer)
+        buffer = BufferWorker(storage, commit_interval=config.buffer.commit_interval)
         stack.push_async_callback(buffer.close)
         pending = await buffer.pending()
         if pending:
@@ -88,7 +90,12 @@ async def run_gateway(
         keeper = TimeKeeper(monitor=monitor, buffer=buffer, hold_seconds=config.clock.hold_unsynced)
         display = _status_service(config, simulate=simulate, stack=stack)
         runtime = GatewayRuntime(
-            config=config, buffer=buffer, publisher=publisher, pollers=[], keeper=keeper
+            config=config,
+            buffer=buffer,
+            publisher=publisher,
+            pollers=[],
+            keeper=keeper,
+            recovered_from=storage.recovered_from,
         )
         sink = _sink(buffer, keeper, display)
         runtime.pollers = _pollers(config, buses, sequence, sink, monitor.stamp)
@@ -212,12 +219,18 @@ def status_details(runtime: GatewayRuntime, pending: int, dropped: int) -> dict[
             "available": state.available,
             "polls": state.polls,
             "errors": dict(sorted(state.errors.items())),
+            "no_value": dict(sorted(state.no_values.items())),
         }
         for poller in runtime.pollers
         for state in poller.devices
     }
     return {
-        "buffer": {"pending": pending, "dropped": dropped, "unstored": runtime.buffer.unstored},
+        "buffer": {
+            "pending": pending,
+            "dropped": dropped,
+            "unstored": runtime.buffer.unstored,
+            "recovered_from": str(runtime.recovered_from) if runtime.recovered_from else None,
+        },
         "devices": devices,
     }
 

@@ -177,15 +177,26 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_commissioning(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scan = commands.add_parser(
-        "scan", help="find Modbus devices on a TCP host and print a config snippet"
+        "scan", help="find Modbus devices on a TCP host or a serial line; print a config snippet"
     )
     where = scan.add_mutually_exclusive_group(required=True)
     where.add_argument("--host", help="Modbus TCP device or TCP-to-RS-485 gateway")
-    where.add_argument("--serial", help="RS-485 port, e.g. /dev/ttyUSB0 (needs the RTU transport)")
-    scan.add_argument("--port", type=int, default=502)
+    where.add_argument("--serial", help="RS-485 port, e.g. /dev/ttyUSB0 (Modbus RTU)")
+    scan.add_argument("--port", type=int, default=502, help="TCP only (default 502)")
     scan.add_argument("--units", default="1-10", help="unit ids, e.g. 1-10,20 (default 1-10)")
-    scan.add_argument("--bauds", default="9600,19200", help="serial only: baud rates to try")
-    scan.add_argument("--timeout", type=float, default=0.5, help="seconds per request")
+    scan.add_argument(
+        "--bauds",
+        default=None,
+        help="serial only: baud rates to try, in order (default 9600,19200,2400,4800,38400,"
+        "57600,115200,1200)",
+    )
+    scan.add_argument("--parity", choices=["N", "E", "O"], default="N", help="serial only")
+    scan.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds a unit may take to answer (default 0.5 TCP, 0.15 serial)",
+    )
     scan.set_defaults(handler=_scan)
     read = commands.add_parser("read", help="poll one configured device once and print a table")
     read.add_argument("--config", type=Path, required=True)
@@ -202,18 +213,26 @@ def _scan(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --units: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.serial is not None:
-        # Hook for the RTU transport (issue 3): commission.scan_units takes any RegisterReader,
-        # so the serial scan is a loop over --bauds with a drivers.modbus.line.ModbusLine (one
-        # per baud rate) adapted to RegisterReader. Not wired yet.
-        print(
-            "error: --serial needs the Modbus RTU transport, which the scan does not use yet;"
-            " scan a TCP-to-RS-485 gateway with --host instead",
-            file=sys.stderr,
-        )
+    if args.timeout is not None and not 0 < args.timeout <= 60:
+        print("error: --timeout: expected seconds, more than 0 and at most 60", file=sys.stderr)
         return EXIT_CONFIG
+    if args.serial is not None:
+        try:
+            bauds = commission.parse_bauds(args.bauds or commission.DEFAULT_BAUDS_TEXT)
+        except ValueError as exc:
+            print(f"error: --bauds: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if not args.serial.startswith("/"):
+            print("error: --serial: expected an absolute path, e.g. /dev/ttyUSB0", file=sys.stderr)
+            return EXIT_CONFIG
+        timeout = args.timeout or commission.SERIAL_PROBE_TIMEOUT
+        return asyncio.run(
+            commission.scan_serial(
+                args.serial, bauds, units, parity=args.parity, probe_timeout=timeout
+            )
+        )
     return asyncio.run(
-        commission.scan_tcp(args.host, args.port, units, request_timeout=args.timeout)
+        commission.scan_tcp(args.host, args.port, units, request_timeout=args.timeout or 0.5)
     )
 
 

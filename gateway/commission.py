@@ -1,7 +1,9 @@
-"""Commissioning: ``gateway scan`` (what answers on a Modbus host) and ``gateway read`` (one poll).
+"""Commissioning: ``gateway scan`` (what answers on a Modbus host or an RS-485 line) and
+``gateway read`` (one poll).
 
 `scan_units` probes unit ids through any register reader (`RegisterReader`), so the same logic
-serves Modbus TCP today and RS-485 once an RTU reader exists. Per unit it asks, in order:
+serves Modbus TCP (`ModbusTcpRegisters`) and RS-485 (`LineRegisters`, once per baud rate, see
+`scan_serial`). Per unit it asks, in order:
 
 1. SunSpec: the "SunS" marker at 40000, 0 or 50000, then the model chain;
 2. a shipped profile, guessed by reading characteristic registers (`PROBES`): the TUF-2000M's
@@ -24,17 +26,25 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Protocol, get_args
 
 from drivers.base import Driver
 from drivers.modbus.codec import DataType, WordOrder, decode_raw
+from drivers.modbus.line import LineRegisters, ModbusLine, SerialSettings
 from drivers.modbus.profiles import RegisterKind
 from drivers.modbus.sunspec.decode import decode_model
 from drivers.modbus.sunspec.discovery import ModelLocation, discover
 from drivers.modbus.sunspec.models import model_definitions
 from drivers.modbus.tcp_client import ModbusExceptionAnswer, ModbusTcpRegisters
-from gateway.config import GatewayConfig, ModbusDevice, Pmsa003iDevice, Scd4xDevice, SunSpecDevice
+from gateway.config import (
+    GatewayConfig,
+    ModbusDevice,
+    Pmsa003iDevice,
+    RtuTransport,
+    Scd4xDevice,
+    SunSpecDevice,
+)
 from gateway.errors import ConfigError, DeviceBusy, DeviceError, DeviceTimeout
 from gateway.model import MetricSpec, Value
 from gateway.registry import BusRegistry, build_driver
@@ -44,6 +54,16 @@ DeviceConfig = ModbusDevice | SunSpecDevice | Scd4xDevice | Pmsa003iDevice
 
 #: Exception codes a Modbus gateway answers for a unit that is not on its serial line.
 ABSENT_CODES = frozenset({0x0A, 0x0B})
+
+#: The baud rates an ``rtu`` transport accepts, hence the ones a serial scan may report.
+SERIAL_BAUDS: tuple[int, ...] = get_args(RtuTransport.model_fields["baudrate"].annotation)
+#: What ``gateway scan --serial`` tries by default, the usual factory settings first.
+DEFAULT_BAUDS_TEXT = "9600,19200,2400,4800,38400,57600,115200,1200"
+#: How long a unit may take to start answering during a serial scan, in seconds. Every silent
+#: id costs this much per baud rate, so it is far shorter than a polling timeout; the Modbus
+#: serial line spec leaves the turnaround to the device, and one slower than this is found with
+#: a longer ``--timeout``.
+SERIAL_PROBE_TIMEOUT = 0.15
 
 
 class RegisterReader(Protocol):
@@ -266,6 +286,23 @@ def parse_units(text: str) -> list[int]:
     return units
 
 
+def parse_bauds(text: str) -> list[int]:
+    """``"9600,19200"`` -> ``[9600, 19200]``; raises `ValueError` for a rate an ``rtu``
+    transport does not accept."""
+    bauds: list[int] = []
+    for part in text.split(","):
+        try:
+            baud = int(part.strip())
+        except ValueError:
+            baud = 0
+        if baud not in SERIAL_BAUDS:
+            known = ", ".join(str(b) for b in SERIAL_BAUDS)
+            raise ValueError(f"baud rates must be among {known} (got {part.strip()!r})")
+        if baud not in bauds:
+            bauds.append(baud)
+    return bauds
+
+
 def config_snippet(found: Sequence[Found], *, transport: str, where: str) -> str:
     """TOML ``[[devices]]`` entries for ``found``; ``transport`` is the inline transport table.
 
@@ -310,6 +347,14 @@ def config_snippet(found: Sequence[Found], *, transport: str, where: str) -> str
     return "\n".join(lines) + "\n"
 
 
+def _without_sunspec(found: Found) -> Found:
+    if found.driver != "sunspec":
+        return found
+    models = ", ".join(str(m) for m in found.models)
+    note = f"is SunSpec (models {models}), which the gateway reads over TCP only"
+    return replace(found, driver="modbus", profile=None, note=note)
+
+
 def _format(value: Value) -> str:
     if value is None:
         return "—"
@@ -337,25 +382,104 @@ async def read_once(driver: Driver) -> Mapping[str, Value]:
         await driver.close()
 
 
+def _progress(where: str) -> Callable[[int, int, int, Found | None], None]:
+    """A `scan_units` progress callback printing one line per unit on stderr."""
+
+    def progress(done: int, total: int, unit_id: int, found: Found | None) -> None:
+        what = "no answer" if found is None else _describe(found)
+        print(f"scan {where}: unit {unit_id:>3} ({done}/{total}): {what}", file=sys.stderr)
+
+    return progress
+
+
 async def scan_tcp(
     host: str, port: int, units: Sequence[int], *, request_timeout: float = 0.5
 ) -> int:
     """``gateway scan --host``: probe ``units``, progress on stderr, TOML on stdout; exit code
     0 if anything was found, 1 otherwise."""
     where = f"{host}:{port}"
-
-    def progress(done: int, total: int, unit_id: int, found: Found | None) -> None:
-        what = "no answer" if found is None else _describe(found)
-        print(f"scan {where}: unit {unit_id:>3} ({done}/{total}): {what}", file=sys.stderr)
-
     async with ModbusTcpRegisters(host=host, port=port, timeout=request_timeout) as reader:
-        found = await scan_units(reader, units, progress=progress)
+        found = await scan_units(reader, units, progress=_progress(where))
     if not found:
         print(f"scan {where}: nothing answered on units {units[0]}-{units[-1]}", file=sys.stderr)
         return 1
     transport = f'{{ kind = "tcp", host = "{host}", port = {port} }}'
     sys.stdout.write(config_snippet(found, transport=transport, where=where))
     return 0
+
+
+async def scan_serial(
+    port: str,
+    bauds: Sequence[int],
+    units: Sequence[int],
+    *,
+    parity: str = "N",
+    probe_timeout: float = SERIAL_PROBE_TIMEOUT,
+) -> int:
+    """``gateway scan --serial``: probe ``units`` on the RS-485 line at ``port`` at each of
+    ``bauds`` in turn; progress on stderr, TOML on stdout; exit code 0 if anything was found, 1
+    otherwise. Raises `DeviceTimeout` if the port cannot be opened.
+
+    Every unit id is probed at every baud rate, and nothing is cut short: silence at some ids
+    says nothing about the others (ids are arbitrary; a lone meter at 247 is legal), and a line
+    being commissioned often mixes a device still at its factory baud rate with others already
+    set, so neither "stop after N silent ids" nor "stop at the first baud rate that answered"
+    is safe. The time goes into silent ids instead, one ``probe_timeout`` each (plus the
+    request's wire time), so a short timeout is what makes the scan fast: 10 ids at 8 baud rates
+    on a silent line take about 14 s, ids 1-247 at one baud rate about 40 s. A unit that did
+    answer gets its reads' wire time on top (`LineRegisters`), so long probes are never cut off.
+    """
+    found_by_baud: dict[int, list[Found]] = {}
+    for baud in bauds:
+        line = ModbusLine(settings=SerialSettings(port=port, baudrate=baud, parity=parity))
+        await line.open()
+        try:
+            reader = LineRegisters(line=line, response_timeout=probe_timeout)
+            found = await scan_units(reader, units, progress=_progress(f"{port} @ {baud}"))
+        finally:
+            await line.close()
+        if found:
+            found_by_baud[baud] = found
+    if not found_by_baud:
+        rates = ",".join(str(b) for b in bauds)
+        print(
+            f"scan {port}: nothing answered on units {units[0]}-{units[-1]} at {rates} baud"
+            f" (parity {parity})",
+            file=sys.stderr,
+        )
+        return 1
+    if len(found_by_baud) > 1:
+        rates = ", ".join(str(b) for b in found_by_baud)
+        print(
+            f"scan {port}: devices answer at several baud rates ({rates}); one line runs at one"
+            " rate: set them all to one before using the snippet",
+            file=sys.stderr,
+        )
+    sys.stdout.write(serial_snippet(port, parity, found_by_baud))
+    return 0
+
+
+def serial_snippet(port: str, parity: str, found_by_baud: Mapping[int, Sequence[Found]]) -> str:
+    """TOML for devices found on one serial line, per baud rate.
+
+    A configuration runs a port at one baud rate, so only the rate with the most identified
+    devices (the first scanned on a tie) is live; the others are printed commented out, for after the
+    installer has moved those devices to that rate. The ``sunspec`` driver speaks Modbus TCP
+    only, so a SunSpec device on the line is listed as one to declare by points.
+    """
+    usable = {
+        baud: [_without_sunspec(item) for item in found] for baud, found in found_by_baud.items()
+    }
+    live = max(usable, key=lambda baud: sum(item.profile is not None for item in usable[baud]))
+    parts: list[str] = []
+    for baud, found in usable.items():
+        transport = f'{{ kind = "rtu", port = "{port}", baudrate = {baud}, parity = "{parity}" }}'
+        text = config_snippet(found, transport=transport, where=f"{port} at {baud} baud")
+        if baud != live:
+            note = f"# At {baud} baud, not {live}: move these devices to {live} baud first."
+            text = "\n".join([note, *(f"# {line}".rstrip() for line in text.splitlines())]) + "\n"
+        parts.append(text)
+    return "\n".join(parts)
 
 
 def _describe(found: Found) -> str:

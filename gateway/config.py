@@ -265,6 +265,8 @@ class ModbusPointConfig(_Model):
     kind: Literal["input", "holding"] = Field(alias="register")
     address: Annotated[int, Field(ge=0, le=65535)]
     type: str
+    #: Registers of a ``string`` point (2 bytes each); only for that type.
+    length: Annotated[int, Field(ge=1, le=125)] | None = None
     order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
     scale: float = 1.0
     offset: float = 0.0

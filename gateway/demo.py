@@ -20,6 +20,9 @@ from gateway.app import run_gateway
 from gateway.config import BufferConfig, GatewayConfig
 from gateway.mqtt_client import LoopBridge, make_client
 
+#: Values shown per message; an inverter reports ~75 metrics, too many for one terminal line.
+SHOWN_METRICS = 6
+
 
 def free_port() -> int:
     """An unused TCP port on the loopback interface."""
@@ -51,6 +54,9 @@ async def run_demo(
         file=out,
         flush=True,
     )
+    for room in config.status.rooms:
+        if room.panel is not None and room.panel.path is not None:
+            print(f"demo: {room.name} panel -> {room.panel.path}", file=out, flush=True)
     try:
         with tempfile.TemporaryDirectory(prefix="canary-demo-") as tmp:
             mqtt_config = config.mqtt.model_copy(update={"host": "127.0.0.1", "port": port})
@@ -97,10 +103,13 @@ def _show(topic: str, payload: bytes, out: TextIO) -> None:
         print(f"{topic}: {body}", file=out, flush=True)
         return
     first = body["readings"][0]
+    readings = body["readings"]
     values = "  ".join(
         f"{r['metric']}={_fmt(r['value'])}{'' if r['value'] is None else ' ' + r['unit']}"
-        for r in body["readings"]
+        for r in readings[:SHOWN_METRICS]
     )
+    if len(readings) > SHOWN_METRICS:
+        values += f"  (+{len(readings) - SHOWN_METRICS} more)"
     print(
         f"{first['ts'][11:19]}  {body['device']:<22} seq {first['seq']:>6}  {values}",
         file=out,

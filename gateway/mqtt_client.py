@@ -9,6 +9,7 @@ asyncio loop with ``call_soon_threadsafe`` (`LoopBridge`); no other state is sha
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -61,3 +62,52 @@ class LoopBridge:
 def reason_text(reason_code: Any) -> str:
     """Readable text for a paho v2 ReasonCode or a plain int."""
     return str(getattr(reason_code, "getName", lambda: reason_code)())
+
+
+class ConnectionReporter:
+    """Logs a broker connection problem once per outage, with its cause, and the recovery once.
+
+    paho retries on its own (1 s doubling to 30 s); a warning per retry would bury the log, and a
+    TLS rejection (e.g. a missing client certificate) would otherwise not be logged at all: it
+    shows up only as a socket error in paho's own log, which `paho_log` records as the cause.
+    `paho_log` runs on paho's thread and only stores a string; the other methods run on the loop.
+    """
+
+    def __init__(self, *, logger: logging.Logger, host: str, port: int) -> None:
+        self._log = logger
+        self._where = f"{host}:{port}"
+        self._failing = False
+        self._last_error: str | None = None
+        #: Failed attempts in the current outage.
+        self.failures = 0
+
+    def paho_log(self, client: mqtt.Client, userdata: Any, level: int, message: str) -> None:
+        """paho's ``on_log``: remember the last error as the likely cause."""
+        if level == mqtt.MQTT_LOG_ERR:
+            self._last_error = message
+
+    def failed(self, reason: str | None = None) -> None:
+        """An attempt failed (refused, unreachable, TLS rejected)."""
+        self.failures += 1
+        if not self._failing:
+            self._failing = True
+            self._log.warning(
+                "cannot connect to MQTT broker %s (%s); retrying with backoff",
+                self._where,
+                reason or self._last_error or "no answer",
+            )
+
+    def connected(self) -> None:
+        """The connection is up; report the recovery if there was an outage."""
+        if self._failing:
+            self._log.info(
+                "connected to MQTT broker %s after %d failed attempts", self._where, self.failures
+            )
+        else:
+            self._log.info("connected to MQTT broker %s", self._where)
+        self._failing, self.failures, self._last_error = False, 0, None
+
+    @property
+    def failing(self) -> bool:
+        """True between a failed attempt and the next successful connection."""
+        return self._failing

@@ -63,6 +63,9 @@ class DeviceState:
     failures: int = 0
     polls: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    #: Readings per metric that came back without a value (sensor warm-up, "not available"
+    #: sentinels): counted, but not failures (the device answered).
+    no_values: Counter[str] = field(default_factory=Counter)
 
 
 ReadingSink = Callable[[Sequence[Reading]], Awaitable[None]]
@@ -158,6 +161,8 @@ class BusPoller:
         readings = []
         for key, spec in device.driver.metrics.items():
             value = values.get(key)
+            if value is None:
+                device.no_values[key] += 1
             readings.append(
                 Reading(
                     device=device.id,

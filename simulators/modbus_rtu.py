@@ -20,6 +20,14 @@ master side. PTYs ignore the baud rate, so the timing is simulated:
 With ``baudrate=None`` the wire time and t3.5 are zero (only ``turnaround`` and faults remain),
 for fault tests that need many transactions quickly.
 
+**A master at the wrong baud rate gets no answer.** On a real line, a unit receiving a frame sent
+at another baud rate sees framing errors and noise, never a valid frame, and stays silent. A PTY
+passes the bytes whatever the speed, but it keeps the speed the gateway configured: pyserial
+sets the termios speed on the slave side even on a PTY, and the PTY master reports it. So, for a
+timed line, a request that arrives while the gateway's side is set to another baud rate is
+treated as noise: counted in `wrong_speed_requests`, not answered. (Parity cannot be modelled the
+same way: Linux PTYs force 8 data bits without parity, whatever the client asks.)
+
 Units answer one request at a time, in arrival order, as one slow device on a real line holds
 everyone up. Requests with a bad CRC are ignored (as real devices do); requests for absent units
 get no answer.
@@ -40,6 +48,7 @@ import logging
 import os
 import random
 import struct
+import termios
 import tty
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
@@ -145,6 +154,8 @@ class ModbusRtuSimulator:
         self.bad_requests = 0
         #: Answers written (including faulty ones), for benchmarks.
         self.answers = 0
+        #: Requests ignored because the gateway's port was set to another baud rate.
+        self.wrong_speed_requests = 0
 
     @property
     def path(self) -> str:
@@ -274,7 +285,24 @@ class ModbusRtuSimulator:
             self.bad_requests += 1
             buf.clear()
             return None
+        if not self._client_speed_matches():
+            self.wrong_speed_requests += 1
+            buf.clear()
+            return None
         return raw[:-2], arrived
+
+    def _client_speed_matches(self) -> bool:
+        """False if the gateway's side of the PTY is set to a baud rate other than the line's
+        (see the module docstring); True for an untimed line or a speed termios cannot name."""
+        expected = getattr(termios, f"B{self.baudrate}", None) if self.baudrate else None
+        if expected is None or self._master is None:
+            return True
+        try:
+            _iflag, _oflag, _cflag, _lflag, ispeed, ospeed, _cc = termios.tcgetattr(self._master)
+        except termios.error:
+            return True
+        # ispeed 0 means "the output speed" (POSIX); the client sends and receives at it.
+        return bool(ospeed == expected and ispeed in (0, expected))
 
     async def _answer(self, loop: asyncio.AbstractEventLoop, body: bytes, arrived: float) -> None:
         unit = self._units.get(body[0])

@@ -1,9 +1,9 @@
 """Register decoding as pure functions: 16-bit words in, typed values out.
 
 Modbus defines only 16-bit registers; every wider type is a vendor convention, and vendors disagree
-on the order of words and bytes (Telegraf #8855: a CDAB float read as ABCD turns 238 V into
-11,313,223). The word order is therefore part of every point's declaration, never a global
-setting. Names follow the usual letters for a 32-bit value whose big-endian bytes are A B C D:
+on the order of words and bytes, and a wrong order or type gives a wrong number rather than an
+error (Telegraf #8855: a 238.6 V float read as a scaled integer became 11,313,223.24). The word
+order is therefore part of every point's declaration, never a global setting. Names follow the usual letters for a 32-bit value whose big-endian bytes are A B C D:
 
 - ``ABCD``: most significant word first, bytes big-endian within each word (the Modbus default);
 - ``CDAB``: least significant word first (words reversed), bytes big-endian within each word;
@@ -12,6 +12,18 @@ setting. Names follow the usual letters for a 32-bit value whose big-endian byte
 
 For 64-bit types the same rules apply to four words (``CDAB`` reverses all four words), which is
 what pymodbus calls ``word_order="little"``.
+
+Two types are not numbers:
+
+- ``string``: N registers (the point's ``length``), two bytes per register, the first byte in the
+  high half (SunSpec, pymodbus ``DATATYPE.STRING``). The word order applies to the register order
+  (``CDAB``/``DCBA`` reverse it) and ``BADC``/``DCBA`` swap the two bytes within each register.
+  The bytes are UTF-8 (ASCII in practice); trailing NULs and spaces are padding. All-NUL (the
+  SunSpec "not implemented" pattern) or nothing but padding decodes to ``None``. Invalid UTF-8
+  becomes U+FFFD rather than an error, so one garbled name never costs a device's whole poll.
+- ``bitfield16``/``bitfield32``: status and event flags, returned as the unsigned integer (bit 0
+  is the least significant bit). All ones (0xFFFF, 0xFFFFFFFF) is "not implemented" in SunSpec
+  and decodes to ``None`` by default. A bitfield is never scaled.
 
 Nothing here performs I/O; the driver and the tests share these functions.
 """
@@ -37,11 +49,25 @@ class DataType(StrEnum):
     UINT64 = "uint64"
     FLOAT32 = "float32"
     FLOAT64 = "float64"
+    STRING = "string"
+    BITFIELD16 = "bitfield16"
+    BITFIELD32 = "bitfield32"
 
     @property
     def words(self) -> int:
-        """Number of 16-bit registers the type occupies."""
+        """Number of 16-bit registers the type occupies.
+
+        Raises `ValueError` for `STRING`, whose width is the point's ``length``.
+        """
+        if self is DataType.STRING:
+            raise ValueError("string has no fixed width: its point's length gives it")
         return _LAYOUT[self][1]
+
+    @property
+    def is_numeric(self) -> bool:
+        """True for quantities (integers and floats), which may be scaled; false for strings
+        and bitfields."""
+        return self not in (DataType.STRING, DataType.BITFIELD16, DataType.BITFIELD32)
 
     @property
     def is_float(self) -> bool:
@@ -68,6 +94,8 @@ _LAYOUT: dict[DataType, tuple[str, int]] = {
     DataType.UINT64: ("Q", 4),
     DataType.FLOAT32: ("f", 2),
     DataType.FLOAT64: ("d", 4),
+    DataType.BITFIELD16: ("H", 1),
+    DataType.BITFIELD32: ("I", 2),
 }
 
 #: Raw register patterns that vendors commonly use for "not available", per integer type. A
@@ -79,6 +107,8 @@ DEFAULT_SENTINELS: dict[DataType, int] = {
     DataType.UINT32: 0xFFFF_FFFF,
     DataType.INT64: -0x8000_0000_0000_0000,
     DataType.UINT64: 0xFFFF_FFFF_FFFF_FFFF,
+    DataType.BITFIELD16: 0xFFFF,
+    DataType.BITFIELD32: 0xFFFF_FFFF,
 }
 
 
@@ -96,12 +126,17 @@ def _reorder(words: Sequence[int], order: WordOrder) -> bytes:
     return bytes(out)
 
 
-def decode_raw(words: Sequence[int], data_type: DataType, order: WordOrder) -> int | float:
-    """Decode exactly ``data_type.words`` registers into the raw number, without scaling.
+def decode_raw(words: Sequence[int], data_type: DataType, order: WordOrder) -> int | float | str:
+    """Decode exactly ``data_type.words`` registers into the raw number, without scaling; a
+    string takes any number of registers (at least one) and comes back with its padding.
 
     Raises `ValueError` if the register count is wrong or a register is not a 16-bit word: the
     caller (the driver) turns that into a `DecodeError` because it means a malformed answer.
     """
+    if data_type is DataType.STRING:
+        if not words:
+            raise ValueError("string needs at least 1 register, got 0")
+        return _reorder(words, order).decode("utf-8", "replace")
     fmt, count = _LAYOUT[data_type]
     if len(words) != count:
         raise ValueError(f"{data_type.value} needs {count} registers, got {len(words)}")
@@ -109,14 +144,25 @@ def decode_raw(words: Sequence[int], data_type: DataType, order: WordOrder) -> i
     return value
 
 
-def encode_raw(value: int | float, data_type: DataType, order: WordOrder) -> list[int]:
+def encode_raw(
+    value: int | float | str, data_type: DataType, order: WordOrder, *, length: int | None = None
+) -> list[int]:
     """Inverse of `decode_raw`: the registers a device would send for ``value``.
 
-    Used by tests and by tools that write registers; raises `struct.error` if ``value`` does not
-    fit the type.
+    A string is UTF-8 encoded and NUL-padded to ``length`` registers (required for strings).
+    Used by tests, simulators and tools that write registers; raises `struct.error` if a number
+    does not fit the type and `ValueError` if a string does not fit ``length``.
     """
-    fmt, _count = _LAYOUT[data_type]
-    wire = struct.pack(">" + fmt, value)
+    if data_type is DataType.STRING:
+        if not isinstance(value, str) or length is None or length < 1:
+            raise ValueError("a string needs a str value and a length of at least 1 register")
+        wire = value.encode("utf-8")
+        if len(wire) > 2 * length:
+            raise ValueError(f"{value!r} needs {len(wire)} bytes, more than {length} registers")
+        wire = wire.ljust(2 * length, b"\0")
+    else:
+        fmt, _count = _LAYOUT[data_type]
+        wire = struct.pack(">" + fmt, value)
     words = [int.from_bytes(wire[i : i + 2], "big") for i in range(0, len(wire), 2)]
     # _reorder is an involution for every order, so applying it to the canonical words yields
     # the wire layout.
@@ -142,9 +188,13 @@ def decode(
     An integer sentinel may be written signed (-32768) or as the register pattern (0x8000).
 
     Integers stay integers when ``scale`` is 1 and ``offset`` is 0 (counters must not lose
-    precision through a float); anything scaled becomes a float.
+    precision through a float); anything scaled becomes a float. Strings and bitfields are not
+    quantities: ``scale`` and ``offset`` do not apply to them (profiles reject both), and a
+    string is returned without its padding, or ``None`` if nothing but padding is left.
     """
     raw = decode_raw(words, data_type, order)
+    if isinstance(raw, str):
+        return raw.rstrip("\0 ") or None
     if isinstance(raw, float):
         if math.isnan(raw) or math.isinf(raw) or (sentinel is not None and raw == sentinel):
             return None
@@ -154,7 +204,7 @@ def decode(
             invalid = DEFAULT_SENTINELS.get(data_type)
         if isinstance(invalid, int) and raw in (invalid, _as_signed(invalid, data_type)):
             return None
-        if scale == 1 and offset == 0:
+        if (scale == 1 and offset == 0) or not data_type.is_numeric:
             return raw
     result = raw * scale + offset
     return None if math.isinf(result) or math.isnan(result) else result

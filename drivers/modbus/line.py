@@ -55,6 +55,7 @@ from drivers.modbus.rtu import (
     Verdict,
     parse_read_answer,
     read_request,
+    read_response_bytes,
     t35,
     wire_time,
 )
@@ -387,11 +388,53 @@ class LineUnit:
 
     async def read(self, request: ReadRequest) -> tuple[int, ...]:
         """One read transaction for ``request``."""
-        function = READ_INPUT if request.kind is RegisterKind.INPUT else READ_HOLDING
         return await self.line.read_registers(
             unit_id=self.unit_id,
-            function=function,
+            function=read_function(request.kind),
             address=request.address,
             count=request.count,
             response_timeout=self.response_timeout,
         )
+
+
+def read_function(kind: RegisterKind) -> int:
+    """The function code that reads registers of ``kind`` (4 input, 3 holding)."""
+    return READ_INPUT if kind is RegisterKind.INPUT else READ_HOLDING
+
+
+class LineRegisters:
+    """Arbitrary register reads of any unit on an open `ModbusLine`, for SunSpec discovery and
+    ``gateway scan --serial``: the RTU counterpart of `drivers.modbus.tcp_client.ModbusTcpRegisters`
+    (the same ``read(kind, address, count, unit_id=...)`` shape and error mapping, except that
+    exception answers are plain `DeviceRejected`/`DeviceBusy`).
+
+    ``response_timeout`` is how long a unit may take to *start* answering. The time the whole
+    answer takes on the wire at the line's baud rate is added per request, so that a short probe
+    timeout (which keeps a scan over absent units fast) never cuts off a long answer from a unit
+    that is there: the simulator, like a converter that buffers, delivers an answer only once its
+    last byte would have arrived.
+    """
+
+    def __init__(self, *, line: ModbusLine, response_timeout: float) -> None:
+        if response_timeout <= 0:
+            raise ValueError(f"response_timeout must be positive, got {response_timeout}")
+        self.line = line
+        self.response_timeout = response_timeout
+
+    def __repr__(self) -> str:
+        return f"LineRegisters({self.line!r})"
+
+    async def read(
+        self, kind: RegisterKind, address: int, count: int, *, unit_id: int
+    ) -> list[int]:
+        """One read transaction; raises the `DeviceError` subclasses `ModbusLine` documents."""
+        baudrate = self.line.settings.baudrate
+        answer = wire_time(read_response_bytes(count), baudrate) if baudrate else 0.0
+        registers = await self.line.read_registers(
+            unit_id=unit_id,
+            function=read_function(kind),
+            address=address,
+            count=count,
+            response_timeout=self.response_timeout + answer,
+        )
+        return list(registers)

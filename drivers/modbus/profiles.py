@@ -15,7 +15,9 @@ TOML layout::
     [points.voltage_l1]
     register = "input"            # or "holding"
     address = 0x0000              # protocol address, 0-based (30001 in the datasheet is 0)
-    type = "float32"              # int16 uint16 int32 uint32 int64 uint64 float32 float64
+    type = "float32"              # int16 uint16 int32 uint32 int64 uint64 float32 float64,
+                                  # string (needs length), bitfield16 bitfield32
+    length = 16                   # string only: registers (2 bytes each), 1..125
     order = "ABCD"                # optional, default ABCD
     scale = 1.0                   # optional
     offset = 0.0                  # optional
@@ -64,6 +66,11 @@ class Point:
     register numbers, which are address + 1 plus a table prefix). ``sentinel`` is the raw value
     meaning "not available"; ``None`` with ``default_sentinel`` true uses the type's usual pattern
     (`drivers.modbus.codec.DEFAULT_SENTINELS`), and ``default_sentinel`` false disables it.
+    ``length`` is the register count of a ``string`` point and must be ``None`` for every other
+    type, whose width the type fixes. Strings and bitfields are not quantities: they take no
+    scale or offset, and a string no sentinel (all NUL is its "no value").
+
+    Raises `ValueError` naming the point if these rules are broken.
     """
 
     key: str
@@ -77,10 +84,30 @@ class Point:
     sentinel: int | float | None = None
     default_sentinel: bool = True
     description: str = ""
+    length: int | None = None
+
+    def __post_init__(self) -> None:
+        where = f"point {self.key!r}"
+        if self.data_type is DataType.STRING:
+            if self.length is None or not 1 <= self.length <= MODBUS_MAX_REGISTERS:
+                raise ValueError(
+                    f"{where}: type string needs length = 1..{MODBUS_MAX_REGISTERS} "
+                    f"(registers, 2 bytes each), got {self.length!r}"
+                )
+            if self.sentinel is not None:
+                raise ValueError(f"{where}: a string takes no invalid value (all NUL is none)")
+        elif self.length is not None:
+            raise ValueError(
+                f"{where}: length applies to type string only, not {self.data_type.value}"
+            )
+        if not self.data_type.is_numeric and (self.scale != 1 or self.offset != 0):
+            raise ValueError(f"{where}: a {self.data_type.value} takes no scale or offset")
 
     @property
     def count(self) -> int:
         """Number of registers the point occupies."""
+        if self.length is not None:
+            return self.length
         return self.data_type.words
 
     @property
@@ -139,7 +166,18 @@ class Profile:
 
 
 _POINT_KEYS = frozenset(
-    {"register", "address", "type", "order", "scale", "offset", "unit", "invalid", "description"}
+    {
+        "register",
+        "address",
+        "type",
+        "length",
+        "order",
+        "scale",
+        "offset",
+        "unit",
+        "invalid",
+        "description",
+    }
 )
 _PROFILE_KEYS = frozenset({"description", "max_registers_per_read", "max_gap", "points"})
 
@@ -179,21 +217,32 @@ def _point(profile: str, key: str, table: object) -> Point:
     else:
         sentinel = _expect(invalid, (int, float, type(None)), f"{where}.invalid", "a number")
         default_sentinel = True
-    return Point(
-        key=key,
-        kind=_enum(RegisterKind, table["register"], f"{where}.register"),
-        address=_expect(table["address"], int, f"{where}.address", "an integer"),
-        data_type=_enum(DataType, table["type"], f"{where}.type"),
-        order=_enum(WordOrder, table.get("order", "ABCD"), f"{where}.order"),
-        scale=float(_expect(table.get("scale", 1.0), (int, float), f"{where}.scale", "a number")),
-        offset=float(
-            _expect(table.get("offset", 0.0), (int, float), f"{where}.offset", "a number")
-        ),
-        unit=_expect(table.get("unit", ""), str, f"{where}.unit", "a string"),
-        sentinel=sentinel,
-        default_sentinel=default_sentinel,
-        description=_expect(table.get("description", ""), str, f"{where}.description", "a string"),
-    )
+    kind = _enum(RegisterKind, table["register"], f"{where}.register")
+    address = _expect(table["address"], int, f"{where}.address", "an integer")
+    data_type = _enum(DataType, table["type"], f"{where}.type")
+    length = _expect(table.get("length"), (int, type(None)), f"{where}.length", "an integer")
+    order = _enum(WordOrder, table.get("order", "ABCD"), f"{where}.order")
+    scale = _expect(table.get("scale", 1.0), (int, float), f"{where}.scale", "a number")
+    offset = _expect(table.get("offset", 0.0), (int, float), f"{where}.offset", "a number")
+    unit = _expect(table.get("unit", ""), str, f"{where}.unit", "a string")
+    description = _expect(table.get("description", ""), str, f"{where}.description", "a string")
+    try:
+        return Point(
+            key=key,
+            kind=kind,
+            address=address,
+            data_type=data_type,
+            length=length,
+            order=order,
+            scale=float(scale),
+            offset=float(offset),
+            unit=unit,
+            sentinel=sentinel,
+            default_sentinel=default_sentinel,
+            description=description,
+        )
+    except ValueError as exc:  # Point's type-dependent rules: name the profile as well
+        raise ValueError(f"profile {profile!r} {exc}") from None
 
 
 def profile_from_table(name: str, table: Mapping[str, object]) -> Profile:

@@ -30,7 +30,7 @@ from gateway.bridge.points import to_points
 from gateway.config import GatewayConfig
 from gateway.errors import SinkError
 from gateway.model import Reading
-from gateway.mqtt_client import LoopBridge, make_client, reason_text
+from gateway.mqtt_client import ConnectionReporter, LoopBridge, make_client, reason_text
 from gateway.telemetry import TelemetryError, deadletter_topic, decode_telemetry, telemetry_filter
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class Bridge:
         self._writer = writer
         self._inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
         self.subscribed = asyncio.Event()
+        self._connected = False
+        self._report = ConnectionReporter(logger=log, host=self._mqtt.host, port=self._mqtt.port)
         self.stats = BridgeStats()
 
     async def run(self) -> None:
@@ -77,7 +79,11 @@ class Bridge:
         client = make_client(
             self._mqtt, client_id=self._client_id, clean_session=False, manual_ack=True
         )
+        report = self._report
         client.on_connect = lambda c, u, f, rc, p: loop_bridge.call(self._on_connect, c, rc)
+        client.on_connect_fail = lambda c, u: loop_bridge.call(report.failed)
+        client.on_disconnect = lambda c, u, f, rc, p: loop_bridge.call(self._on_disconnect, rc)
+        client.on_log = report.paho_log
         client.on_subscribe = lambda c, u, mid, rcs, p: loop_bridge.call(self._on_subscribed)
         client.on_message = lambda c, u, msg: loop_bridge.call(self._inbox.put_nowait, msg)
         client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=self._mqtt.keepalive)
@@ -92,15 +98,19 @@ class Bridge:
 
     def _on_connect(self, client: mqtt.Client, reason_code: Any) -> None:
         if getattr(reason_code, "is_failure", False):
-            log.warning("MQTT broker refused the bridge: %s", reason_text(reason_code))
+            self._report.failed(f"refused: {reason_text(reason_code)}")
             return
-        log.info(
-            "bridge connected to %s:%s, subscribing to %s",
-            self._mqtt.host,
-            self._mqtt.port,
-            self._subscription,
-        )
+        self._connected = True
+        self._report.connected()
+        log.info("subscribing to %s", self._subscription)
         client.subscribe(self._subscription, qos=1)
+
+    def _on_disconnect(self, reason_code: Any) -> None:
+        if self._connected:
+            log.warning("lost MQTT broker connection (%s); reconnecting", reason_text(reason_code))
+        else:
+            self._report.failed()  # dropped before CONNACK: e.g. a TLS rejection
+        self._connected = False
 
     def _on_subscribed(self) -> None:
         # From here on the broker queues telemetry for this session even while the bridge is away.

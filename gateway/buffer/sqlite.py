@@ -184,7 +184,9 @@ class SqliteBuffer:
                 count -= len(victims)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may have rolled back already (disk full): don't mask the error with ours.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         self._count = count
         if readings:

@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 from gateway import __version__
 from gateway.buffer import Batch, BufferWorker
 from gateway.config import MqttConfig
-from gateway.mqtt_client import LoopBridge, make_client, reason_text
+from gateway.mqtt_client import ConnectionReporter, LoopBridge, make_client, reason_text
 from gateway.status.alarms import AlarmState
 from gateway.status.publisher import encode_alarm_event, encode_alarm_state
 from gateway.telemetry import (
@@ -91,6 +91,7 @@ class MqttPublisher:
         self._alarms: dict[tuple[str, str], AlarmState] = {}
         #: Alarm events raised while disconnected, sent on connect (bounded: newest kept).
         self._unsent_events: deque[AlarmState] = deque(maxlen=MAX_UNSENT_EVENTS)
+        self._report = ConnectionReporter(logger=log, host=config.host, port=config.port)
         self._progress = asyncio.Event()
         self.connected = asyncio.Event()
         self.stats = PublisherStats()
@@ -103,6 +104,8 @@ class MqttPublisher:
         client.will_set(self._status_topic, offline, qos=1, retain=True)
         client.on_connect = lambda c, u, f, rc, p: bridge.call(self._on_connect, c, rc)
         client.on_disconnect = lambda c, u, f, rc, p: bridge.call(self._on_disconnect, rc)
+        client.on_connect_fail = lambda c, u: bridge.call(self._report.failed)
+        client.on_log = self._report.paho_log
         client.on_publish = lambda c, u, mid, rc, p: bridge.call(self._on_puback, mid)
         client.connect_async(self._config.host, self._config.port, keepalive=self._config.keepalive)
         client.loop_start()
@@ -166,6 +169,11 @@ class MqttPublisher:
             return
         if self._inflight_messages >= self._config.max_inflight:
             self._window_open.clear()
+
+    @property
+    def connect_failures(self) -> int:
+        """Failed connection attempts in the current outage (0 while connected)."""
+        return self._report.failures
 
     def publish_status(self, details: Mapping[str, Any]) -> None:
         """Publish the retained ``online`` status with ``details`` (counters); also on reconnect."""
@@ -247,17 +255,12 @@ class MqttPublisher:
 
     def _on_connect(self, client: mqtt.Client, reason_code: Any) -> None:
         if getattr(reason_code, "is_failure", False):
-            log.warning(
-                "MQTT broker %s:%s refused the connection: %s",
-                self._config.host,
-                self._config.port,
-                reason_text(reason_code),
-            )
+            self._report.failed(f"refused: {reason_text(reason_code)}")
             return
         self.stats.connects += 1
         # What piled up while disconnected is backlog now; fresh readings overtake it.
         self._spawn(self._buffer.mark_live_boundary(), "mark-live-boundary")
-        log.info("connected to MQTT broker %s:%s", self._config.host, self._config.port)
+        self._report.connected()
         self._client = client
         self.publish_status(self._details)
         self.connected.set()
@@ -271,6 +274,8 @@ class MqttPublisher:
             log.warning(
                 "lost MQTT broker connection (%s); readings stay buffered", reason_text(reason_code)
             )
+        elif not self.connected.is_set() and not self._stopping:
+            self._report.failed()  # dropped before CONNACK: e.g. a TLS rejection
         self.connected.clear()
 
     async def _shutdown(self, client: mqtt.Client) -> None:

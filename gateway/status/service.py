@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gpiozero.exc import GPIOZeroError
 from PIL import Image
 
-from gateway.config import GatewayConfig, PanelConfig, RoomConfig
+from gateway.config import GatewayConfig, LedPins, PanelConfig, RoomConfig
 from gateway.model import Quality, Reading
 from gateway.status.airquality import (
     CO2,
@@ -131,7 +132,9 @@ class StatusService:
         try:
             for room in status.rooms:
                 if room.led is not None:
-                    self.leds[room.id] = TrafficLight(pins=room.led, pin_factory=pin_factory)
+                    light = _traffic_light(room.name, room.led, pin_factory)
+                    if light is not None:
+                        self.leds[room.id] = light
                 if room.panel is not None:
                     self.panels[room.id] = Panel(
                         size=room.panel.size,
@@ -278,3 +281,21 @@ def _backend(panel: PanelConfig) -> PanelBackend:
         return InkyBackend()
     assert panel.path is not None  # guaranteed by PanelConfig's validator
     return PngBackend(path=panel.path)
+
+
+def _traffic_light(name: str, pins: LedPins, pin_factory: Any) -> TrafficLight | None:
+    """The room's traffic light, or None (logged) when this machine has no usable GPIO.
+
+    A missing or busy LED must never stop the gateway from polling and publishing: the panels and
+    the alarms go on without it.
+    """
+    try:
+        return TrafficLight(pins=pins, pin_factory=pin_factory)
+    except GPIOZeroError as exc:
+        log.error(
+            "%s: no traffic light (%s: %s); panels and alarms go on without it",
+            name,
+            type(exc).__name__,
+            exc,
+        )
+        return None

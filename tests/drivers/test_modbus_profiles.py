@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from drivers.modbus.codec import DataType, WordOrder
+from drivers.modbus.engine import decode_request
+from drivers.modbus.planner import plan_profile
 from drivers.modbus.profiles import (
     MODBUS_MAX_REGISTERS,
     PROFILE_NAMES,
@@ -170,3 +172,54 @@ def test_profile_from_table_rejects_bad_tables(table: dict[str, Any], message: s
     with pytest.raises(ValueError, match=message) as info:
         profile_from_table("custom", table)
     assert "custom" in str(info.value)
+
+
+def test_string_and_bitfield_points_take_their_width_from_type_and_length() -> None:
+    profile = profile_from_table(
+        "common",
+        {
+            "points": {
+                "manufacturer": {
+                    "register": "holding",
+                    "address": 40004,
+                    "type": "string",
+                    "length": 16,
+                },
+                "events": {"register": "holding", "address": 40020, "type": "bitfield32"},
+                "status": {"register": "holding", "address": 40022, "type": "bitfield16"},
+            }
+        },
+    )
+    assert [(p.key, p.count) for p in profile.points] == [
+        ("manufacturer", 16),
+        ("events", 2),
+        ("status", 1),
+    ]
+    (request,) = plan_profile(profile)
+    assert (request.address, request.count) == (40004, 19)
+    registers = [0x4672, 0x6F6E, 0x6975, 0x7300, *[0] * 12, 0x0000, 0x0009, 0xFFFF]
+    assert decode_request(request, registers, "test") == {
+        "manufacturer": "Fronius",
+        "events": 9,
+        "status": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("point", "message"),
+    [
+        ({"type": "string"}, r"type string needs length = 1\.\.125"),
+        ({"type": "string", "length": 0}, r"type string needs length"),
+        ({"type": "string", "length": 126}, r"type string needs length"),
+        ({"type": "string", "length": "16"}, r"\.length: expected an integer"),
+        ({"type": "uint16", "length": 2}, "length applies to type string only"),
+        ({"type": "string", "length": 4, "invalid": 0}, "takes no invalid value"),
+        ({"type": "string", "length": 4, "scale": 0.1}, "takes no scale or offset"),
+        ({"type": "bitfield16", "offset": 1}, "takes no scale or offset"),
+    ],
+)
+def test_string_and_bitfield_rules(point: dict[str, Any], message: str) -> None:
+    table = {"points": {"name": {"register": "holding", "address": 0, **point}}}
+    with pytest.raises(ValueError, match=message) as info:
+        profile_from_table("dev", table)
+    assert "profile 'dev' point 'name'" in str(info.value)

@@ -134,6 +134,7 @@ def test_both_chips_on_one_bus_one_task_with_per_device_error_counters(clock: Fa
     pm25 = out.values("room-pm", "pm25")
     assert set(pm25) == {None, 42}
     assert pm25.count(None) >= 12  # two warm-ups (open, reopen after the NACK) of 30 s each
+    assert pm.no_values["pm25"] == pm25.count(None), "every warm-up reading is counted"
     assert all((r.quality is Quality.NO_VALUE) == (r.value is None) for r in out.readings)
     assert co2_chip.mode is scd4x.Mode.IDLE  # cancellation closed the SCD4x driver
 

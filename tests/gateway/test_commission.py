@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -106,22 +107,35 @@ def test_parse_units() -> None:
         parse_units("200-300")
 
 
+class Servable(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @contextmanager
-def simulator_thread(devices: Mapping[int, ModbusDeviceModel]) -> Iterator[int]:
-    """Serve ``devices`` from an event loop in a background thread (the CLI runs its own loop
-    with asyncio.run); yields the port and stops and joins the thread afterwards."""
+def served_in_thread(simulator: Servable) -> Iterator[None]:
+    """Run ``simulator`` on an event loop in a background thread (the CLI runs its own loop
+    with asyncio.run); stops it and joins the thread afterwards."""
     loop = asyncio.new_event_loop()
-    simulator = ModbusTcpSimulator(devices=devices)
     thread = threading.Thread(target=loop.run_forever, name="modbus-sim-loop")
     thread.start()
     try:
         asyncio.run_coroutine_threadsafe(simulator.start(), loop).result(timeout=10)
-        yield simulator.port
+        yield
     finally:
         asyncio.run_coroutine_threadsafe(simulator.stop(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+@contextmanager
+def simulator_thread(devices: Mapping[int, ModbusDeviceModel]) -> Iterator[int]:
+    """Serve ``devices`` over Modbus TCP from a background thread; yields the port."""
+    simulator = ModbusTcpSimulator(devices=devices)
+    with served_in_thread(simulator):
+        yield simulator.port
 
 
 def test_gateway_scan_command_prints_progress_and_a_snippet(
@@ -150,11 +164,6 @@ def test_gateway_scan_reports_an_empty_range(capsys: pytest.CaptureFixture[str])
         code = cli.main(["scan", "--host", "127.0.0.1", "--port", str(port), "--units", "20-21"])
     assert code == 1
     assert "nothing answered" in capsys.readouterr().err
-
-
-def test_serial_scan_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["scan", "--serial", "/dev/ttyUSB9"]) == 2
-    assert "RTU transport" in capsys.readouterr().err
 
 
 def test_gateway_read_prints_one_poll_as_a_table(

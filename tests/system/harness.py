@@ -49,6 +49,7 @@ def site_config(
             f'path = "{tmp_path / "buffer.sqlite3"}"\n{buffer}'
         ),
         'topic_prefix = "canary"': f'topic_prefix = "canary"\n{mqtt}',
+        "/tmp/canary-gateway-demo/panels": str(tmp_path / "panels"),
         "port = 15021": f"port = {modbus_ports[0]}",
         "port = 15022": f"port = {modbus_ports[1]}",
         "127.0.0.1:17101": f"127.0.0.1:{i2c_ports[0]}",
