@@ -1,10 +1,10 @@
 """A raw register reader over Modbus TCP: ``read(kind, address, count, unit_id)`` -> words.
 
-The profile driver (`drivers.modbus.driver.ModbusTcpDriver`) executes a fixed read plan; SunSpec
-discovery and the commissioning scan instead need arbitrary reads, for several unit ids over one
-connection. This class offers exactly that, with the same policy as the profile driver: no
-pymodbus retries, no background reconnect, the connection dropped after any transport failure
-(a late answer must never be matched to the next request), and the same error mapping:
+The one Modbus TCP transport of the project: profile devices read through it
+(`drivers.modbus.driver.TcpUnit`), and SunSpec discovery and the commissioning scan use it for
+arbitrary reads of several unit ids over one connection. Policy: no pymodbus retries, no
+background reconnect, the connection dropped after any transport failure (a late answer must
+never be matched to the next request). Error mapping:
 
 - refused/unreachable connection, no answer in time, broken connection -> `DeviceTimeout`;
 - Modbus exception 06 (busy) -> `DeviceBusy`; any other exception code -> `DeviceRejected`
