@@ -3,8 +3,8 @@
 # ensure_debian_packages PKG:FILE ...  installs each Debian package whose FILE is missing (as root,
 #                                      or through sudo), running `apt-get update` once, only if needed.
 # install_debian_packages PKG ...      installs the packages unconditionally.
-# ensure_venv                          creates .venv with the project and its dev extras, reinstalling
-#                                      only when pyproject.toml changed (a hash stamp in .venv).
+# ensure_venv [dev|demo]               creates .venv with the project and those extras, reinstalling
+#                                      only when pyproject.toml or the extras changed (a stamp in .venv).
 
 ensure_debian_packages() {
     local missing=() spec
@@ -40,18 +40,22 @@ python_for_venv() {
 }
 
 ensure_venv() {
-    local py stamp
+    # $1: the extras to install, "dev" (tests, linters) or "demo" (the embedded broker only).
+    # A venv with "dev" also serves the demo ("dev" includes the broker), never the other way.
+    local extras=${1:-dev} py stamp have
     py=$(python_for_venv)
     if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
         install_debian_packages python3-venv
     fi
     stamp=$(sha256sum pyproject.toml | cut -d' ' -f1)
-    if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
-        echo "preparing the virtualenv in .venv" >&2
-        [ -x .venv/bin/python ] || "$py" -m venv .venv
-        .venv/bin/python -m pip install -q --upgrade pip
-        .venv/bin/python -m pip install -q -e '.[dev]'
-        .venv/bin/python -c 'import gateway.cli, paho.mqtt, pymodbus, adafruit_scd4x, influxdb_client, amqtt, pytest'
-        echo "$stamp" > .venv/.stamp
+    have=$(cat .venv/.stamp 2>/dev/null || true)
+    if [ -x .venv/bin/python ] && { [ "$have" = "$stamp dev" ] || [ "$have" = "$stamp $extras" ]; }; then
+        return 0
     fi
+    echo "preparing the virtualenv in .venv ($extras)" >&2
+    [ -x .venv/bin/python ] || "$py" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[$extras]"
+    .venv/bin/python -c 'import gateway.cli, paho.mqtt, pymodbus, adafruit_scd4x, influxdb_client, amqtt'
+    echo "$stamp $extras" > .venv/.stamp
 }
