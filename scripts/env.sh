@@ -54,7 +54,6 @@ ensure_venv() {
     fi
     echo "preparing the virtualenv in .venv ($extras)" >&2
     [ -x .venv/bin/python ] || "$py" -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[$extras]"
     .venv/bin/python -c 'import gateway.cli, paho.mqtt, pymodbus, adafruit_scd4x, influxdb_client, amqtt'
     echo "$stamp $extras" > .venv/.stamp
