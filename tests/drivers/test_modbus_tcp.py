@@ -16,22 +16,13 @@ from gateway.errors import DecodeError, DeviceBusy, DeviceError, DeviceRejected,
 from gateway.model import Value
 from simulators.meters import METER_MODELS, Sdm630Meter
 from simulators.modbus_tcp import ModbusTcpSimulator
+from tests.fakeclock import FakeClock
 
 T = TypeVar("T")
 
 #: Monday 2024-01-15 03:00 CET: night, no PV, the building draws its base load.
 MONDAY_NIGHT = datetime(2024, 1, 15, 2, 0, tzinfo=UTC).timestamp()
 DEADLINE_S = 5.0
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -110,7 +101,7 @@ def test_energy_counters_advance_with_power_over_tcp(sdm630: Profile) -> None:
             driver = _driver(sim, 1, sdm630)
             try:
                 before = await driver.poll()  # poll() opens the connection itself
-                clock.now += 3600.0
+                clock.advance(3600.0)
                 after = await driver.poll()
             finally:
                 await driver.close()
@@ -277,7 +268,7 @@ def _week(seed: int) -> Iterator[tuple[float, dict[str, float]]]:
     clock = FakeClock(MONDAY_NIGHT)
     meter = Sdm630Meter(seed=seed, clock=clock)
     for step in range(1, 7 * 96 + 1):
-        clock.now += 900.0
+        clock.advance(900.0)
         meter.refresh()
         yield (3.0 + step / 4) % 24, dict(meter.values())
 

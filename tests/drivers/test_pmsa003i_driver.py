@@ -10,7 +10,6 @@ the same fake clock.
 from __future__ import annotations
 
 import asyncio
-import threading
 import types
 from collections.abc import Awaitable, Callable
 
@@ -24,30 +23,15 @@ from simulators.i2c import SimI2CBus
 from simulators.i2c_server import I2CBusServer
 from simulators.particles import PmSample
 from simulators.pmsa003i import ADDRESS, WARMUP_S, Pmsa003iChip
+from tests.fakeclock import FakeClock
 
 START = 50_000.0
 AIR = PmSample(pm1=18.0, pm25=42.0, pm10=61.0)
 
 
-class FakeClock:
-    """A monotonic clock that only moves when told to (from any thread)."""
-
-    def __init__(self, start: float = START) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    clock = FakeClock()
+    clock = FakeClock(START)
     monkeypatch.setattr(adafruit_pm25.i2c, "time", types.SimpleNamespace(sleep=clock.advance))
     return clock
 

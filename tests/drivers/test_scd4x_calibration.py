@@ -8,7 +8,6 @@ error. The Adafruit driver's ``time.sleep`` and the calibration's clock are one 
 from __future__ import annotations
 
 import asyncio
-import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,30 +29,15 @@ from gateway.config import Scd4xDevice
 from gateway.errors import DeviceStuck
 from simulators.i2c import SimI2CBus
 from simulators.scd4x import ADDRESS, Mode, Scd4xChip
+from tests.fakeclock import FakeClock
 
 START = 50_000.0
 CONSTANT_AIR = (500.0, 21.0, 40.0)
 
 
-class FakeClock:
-    """A monotonic clock that only moves when told to (from any thread)."""
-
-    def __init__(self, start: float = START) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    clock = FakeClock()
+    clock = FakeClock(START)
     monkeypatch.setattr(adafruit_scd4x, "time", types.SimpleNamespace(sleep=clock.advance))
     monkeypatch.setattr(
         calibrate, "time", types.SimpleNamespace(sleep=clock.advance, monotonic=clock)

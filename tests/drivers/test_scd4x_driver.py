@@ -23,29 +23,14 @@ from simulators.classroom import ClassroomAir
 from simulators.i2c import SimI2CBus
 from simulators.i2c_server import I2CBusServer
 from simulators.scd4x import ADDRESS, Mode, Scd4xChip
+from tests.fakeclock import FakeClock
 
 START = 50_000.0  # mid-lesson in ClassroomAir's timetable
 
 
-class FakeClock:
-    """A monotonic clock that only moves when told to (from any thread)."""
-
-    def __init__(self, start: float = START) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    clock = FakeClock()
+    clock = FakeClock(START)
     monkeypatch.setattr(adafruit_scd4x, "time", types.SimpleNamespace(sleep=clock.advance))
     return clock
 

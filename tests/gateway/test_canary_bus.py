@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
 
@@ -29,27 +28,14 @@ from gateway.simulate import site_spec
 from simulators import pmsa003i, scd4x
 from simulators.i2c import SimI2CBus
 from simulators.particles import PmSample
+from tests.fakeclock import FakeClock
 
 START = 50_000.0
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self._now = START
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += max(0.0, seconds)
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(START)
     real_sleep = asyncio.sleep
 
     async def sleep(delay: float, result: object = None) -> object:

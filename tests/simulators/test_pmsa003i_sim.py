@@ -16,21 +16,9 @@ from simulators.pmsa003i import (
     counts_from_mass,
     encode_frame,
 )
+from tests.fakeclock import FakeClock
 
 START = 50_000.0
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self, start: float = START) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 CLEAN = PmSample(pm1=5.0, pm25=12.0, pm10=20.0)
@@ -39,7 +27,7 @@ SMOKY = PmSample(pm1=60.0, pm25=90.0, pm10=110.0)
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 def make(clock: FakeClock, sample: PmSample = CLEAN) -> tuple[Pmsa003iChip, SimI2CBus]:

@@ -12,20 +12,7 @@ import pytest
 from simulators.classroom import ClassroomAir
 from simulators.i2c import SimI2CBus
 from simulators.scd4x import ADDRESS, Mode, Scd4xChip, crc8, decode_words, encode_words
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from tests.fakeclock import FakeClock
 
 #: The datasheet's read_measurement example: 500 ppm, 25.0 °C (0x6667), 37.0 %RH (0x5EB9).
 DATASHEET_AIR = (500.0, -45 + 175 * 0x6667 / 65535, 100 * 0x5EB9 / 65535)
@@ -33,7 +20,7 @@ DATASHEET_AIR = (500.0, -45 + 175 * 0x6667 / 65535, 100 * 0x5EB9 / 65535)
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,25 +12,14 @@ from gpiozero.pins.mock import MockFactory
 
 from gateway.config import GatewayConfig, parse_config
 from gateway.model import Quality, Reading, Value
+from tests.fakeclock import FakeClock as BaseFakeClock
 
 T0 = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 UNITS = {"co2": "ppm", "temperature": "°C", "humidity": "%RH", "pm25": "µg/m³"}
 
 
-class FakeClock:
-    """Monotonic seconds that move only when told to (thread-safe: drivers run in threads)."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
+class FakeClock(BaseFakeClock):
+    """The shared fake clock plus the wall clock that goes with it."""
 
     def wall(self) -> datetime:
         """The wall clock that goes with it: T0 + monotonic seconds."""
