@@ -143,6 +143,7 @@ def test_clock_steps_keep_the_period_and_timestamps_are_restamped_or_flagged(
         if a.get("time_synced", True) and b.get("time_synced", True)
     ]
     assert len(gaps) >= expected_polls - len(flagged) - 3
+    print(f"\ngaps: min {min(gaps):.3f} max {max(gaps):.3f} n {len(gaps)}")
     assert all(INTERVAL * 0.9 <= g <= INTERVAL * 1.1 for g in gaps), gaps
 
 
