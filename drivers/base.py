@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.model import MetricSpec, Value
 
@@ -29,3 +29,28 @@ class Driver(Protocol):
     async def poll(self) -> Mapping[str, Value]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReportsFaults(Protocol):
+    """A driver (or transport) that counts the faults its answers had, by detailed class.
+
+    ``faults`` returns the counts since start for this device, keyed by the classes of
+    `gateway.errors.FAULT_CLASSES` and ``exception-0xNN``. It includes faults that did not fail
+    a poll (a stale frame discarded while the right answer still came), which is why it is
+    separate from the scheduler's per-poll error counts. A copy; cheap enough to call every
+    status period.
+    """
+
+    def faults(self) -> Mapping[str, int]: ...
+
+
+@runtime_checkable
+class ReportsCounters(Protocol):
+    """A shared transport (an RS-485 line, a Modbus TCP endpoint) with counters of its own:
+    transactions, stray frames, discarded bytes, reconnects. ``name`` says which one it is."""
+
+    @property
+    def name(self) -> str: ...
+
+    def counters(self) -> Mapping[str, int]: ...

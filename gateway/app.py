@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway import counters
 from gateway.buffer import BufferLimits, BufferWorker, SqliteBuffer
 from gateway.buffer.sqlite import current_boot_id
 from gateway.clock import (
@@ -54,6 +55,8 @@ class GatewayRuntime:
     publisher: MqttPublisher
     pollers: list[BusPoller]
     keeper: TimeKeeper
+    #: The shared transports (RS-485 lines, Modbus TCP endpoints, I2C buses) by key.
+    buses: BusRegistry
     #: Where a damaged buffer file was moved at start-up, if one was found (reported in status).
     recovered_from: Path | None = None
 
@@ -95,6 +98,7 @@ async def run_gateway(
             publisher=publisher,
             pollers=[],
             keeper=keeper,
+            buses=buses,
             recovered_from=storage.recovered_from,
         )
         sink = _sink(buffer, keeper, display)
@@ -126,6 +130,9 @@ async def run_gateway(
                 drained = True
             except TimeoutError:
                 drained = False
+            # The offline status of a clean stop carries the final counters.
+            pending, dropped = await buffer.pending(), await buffer.dropped()
+            publisher.final_details = status_details(runtime, pending, dropped)
             mqtt_task.cancel()
         last_seq, left = await buffer.last_seq(), await buffer.pending()
         if drained:
@@ -214,25 +221,14 @@ def _sink(
 
 def status_details(runtime: GatewayRuntime, pending: int, dropped: int) -> dict[str, Any]:
     """The counters published with the status (documented in docs/mqtt.md)."""
-    devices = {
-        state.id: {
-            "available": state.available,
-            "polls": state.polls,
-            "errors": dict(sorted(state.errors.items())),
-            "no_value": dict(sorted(state.no_values.items())),
-        }
-        for poller in runtime.pollers
-        for state in poller.devices
-    }
-    return {
-        "buffer": {
-            "pending": pending,
-            "dropped": dropped,
-            "unstored": runtime.buffer.unstored,
-            "recovered_from": str(runtime.recovered_from) if runtime.recovered_from else None,
-        },
-        "devices": devices,
-    }
+    return counters.status_details(
+        devices=[state for poller in runtime.pollers for state in poller.devices],
+        buses=runtime.buses.buses.values(),
+        pending=pending,
+        dropped=dropped,
+        unstored=runtime.buffer.unstored,
+        recovered_from=runtime.recovered_from,
+    )
 
 
 async def _report_status(runtime: GatewayRuntime) -> None:

@@ -99,7 +99,8 @@ def encode_status(
 ) -> bytes:
     """The retained status payload; ``offline`` is also the last will.
 
-    ``details`` (buffer and device counters, see docs/mqtt.md) is merged in while online.
+    ``details`` (buffer, device and line counters, see docs/mqtt.md) is merged in: while online,
+    and in the offline status of a clean stop (the final counters; the last will has none).
     """
     body = {"v": SCHEMA_VERSION, "site": site, "state": state, "version": version, "ts": iso_ms(ts)}
     body.update(details or {})

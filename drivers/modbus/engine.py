@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from drivers.base import ReportsFaults
 from drivers.modbus.codec import decode
 from drivers.modbus.planner import ReadRequest, plan_profile
 from drivers.modbus.profiles import Profile
@@ -93,6 +94,12 @@ class ModbusDriver:
     async def close(self) -> None:
         """Release the transport; never raises."""
         await self._reader.close()
+
+    def faults(self) -> Mapping[str, int]:
+        """The transport's fault counters for this unit (`drivers.base.ReportsFaults`); empty
+        when the transport keeps none."""
+        reader = self._reader
+        return reader.faults() if isinstance(reader, ReportsFaults) else {}
 
     async def poll(self) -> Mapping[str, Value]:
         """Run the plan and decode every point; raises a `DeviceError` subclass on failure."""

@@ -88,6 +88,9 @@ class MqttPublisher:
         self._stopping = False
         self._client: mqtt.Client | None = None
         self._details: dict[str, Any] = {}
+        #: Counters for the offline status of a clean stop (set by the caller before it cancels
+        #: `run`); the last will, fixed at connect, carries none.
+        self.final_details: Mapping[str, Any] | None = None
         self._alarms: dict[tuple[str, str], AlarmState] = {}
         #: Alarm events raised while disconnected, sent on connect (bounded: newest kept).
         self._unsent_events: deque[AlarmState] = deque(maxlen=MAX_UNSENT_EVENTS)
@@ -285,7 +288,11 @@ class MqttPublisher:
             await asyncio.gather(*self._end_tasks, return_exceptions=True)
         if self.connected.is_set():
             offline = encode_status(
-                self._site, "offline", version=__version__, ts=datetime.now(UTC)
+                self._site,
+                "offline",
+                version=__version__,
+                ts=datetime.now(UTC),
+                details=self.final_details,
             )
             info = client.publish(self._status_topic, offline, qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError, TimeoutError):

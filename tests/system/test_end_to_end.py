@@ -88,10 +88,18 @@ def test_every_polled_reading_reaches_the_store(
     for key, value in expected.items():
         assert values[key] == pytest.approx(value, rel=1e-12), key
     assert {d for d, _, _ in values} == DEMO_DEVICES
-    statuses = [
-        m.json()["state"] for m in capture.snapshot() if m.topic == "canary/kg-sunflower/status"
-    ]
-    assert statuses[-1] == "offline"
+    statuses = [m.json() for m in capture.snapshot() if m.topic == "canary/kg-sunflower/status"]
+    assert statuses[-1]["state"] == "offline"
+    # The clean stop's offline status carries the final counters: every device, its polls (at
+    # least the three seen on the wire), and the shared transports.
+    final = statuses[-1]
+    assert set(final["devices"]) == DEMO_DEVICES
+    polls_seen = Counter(d for d, _ in {(r["device"], r["ts"]) for r in readings})
+    for device, entry in final["devices"].items():
+        assert entry["polls"] >= polls_seen[device] >= 3, (device, entry)
+        assert {"available", "errors", "faults", "no_value"} <= entry.keys(), (device, entry)
+    assert final["buffer"]["pending"] == 0
+    assert isinstance(final["lines"], dict)
 
 
 @pytest.mark.system
