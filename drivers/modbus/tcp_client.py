@@ -26,7 +26,8 @@ its request by `drivers.modbus.mbap.parse_answer` before anything is decoded.
   once, so the units behind a dead endpoint cannot make it reconnect in a tight loop;
 - no byte of an answer by the deadline (``timeout`` after the request) -> `DeviceTimeout`; the
   connection is **kept**: a late answer will carry a finished tid and be discarded as stale;
-- the connection closed or reset with no byte of the answer -> `DeviceTimeout`; in the middle of
+- the connection closed or reset with no byte of the answer -> `DeviceTimeout` (a device that
+  hung up while the connection was idle is reconnected silently first); in the middle of
   a frame -> `DecodeError` ("truncated"); a frame half-received at the deadline -> `DecodeError`
   ("truncated") too, and the connection is dropped (where that frame ends is unknown);
 - a framing fault (``garbage``, ``length``, a byte count disagreeing with the length) ->
@@ -179,8 +180,11 @@ class ModbusTcpRegisters:
 
     @property
     def connected(self) -> bool:
-        """True while a connection is up (as far as this side knows)."""
-        return self._writer is not None and not self._writer.is_closing()
+        """True while a connection is up, as far as this side knows: made, not closed or reset,
+        and the device has not hung up (end of stream seen)."""
+        if self._writer is None or self._writer.is_closing():
+            return False
+        return self._reader is not None and not self._reader.at_eof()
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -206,7 +210,9 @@ class ModbusTcpRegisters:
             await self._ensure_connected()
 
     async def _ensure_connected(self) -> asyncio.StreamWriter:
-        if self._writer is not None and not self._writer.is_closing():
+        """The connection, made now if there is none or the device hung up while it was idle
+        (devices close idle connections): such a reconnect is silent, it fails nothing."""
+        if self.connected and self._writer is not None:
             return self._writer
         self._drop(count=False)
         loop = asyncio.get_running_loop()

@@ -155,6 +155,11 @@ class HostileTcpServer:
         """Faults still queued for ``unit_id``."""
         return len(self._scripts[unit_id])
 
+    def hang_up(self) -> None:
+        """Close every open connection (FIN), as a device with an idle timeout does."""
+        for writer in self._handlers.values():
+            writer.close()
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._connection, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]

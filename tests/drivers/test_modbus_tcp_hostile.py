@@ -36,8 +36,9 @@ import pytest
 from drivers.base import Driver
 from drivers.modbus.driver import ModbusTcpDriver
 from drivers.modbus.profiles import RegisterKind, load_profile
+from drivers.modbus.sunspec.driver import SunSpecTcpDriver
 from drivers.modbus.tcp_client import ModbusExceptionAnswer, ModbusTcpRegisters
-from gateway.config import ModbusDevice
+from gateway.config import ModbusDevice, SunSpecDevice
 from gateway.errors import DecodeError, DeviceBusy, DeviceError, DeviceTimeout
 from gateway.model import MetricSpec, Reading, Value
 from gateway.registry import BusRegistry, build_driver
@@ -115,6 +116,17 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return result
 
     return asyncio.run(guarded())
+
+
+async def until(condition: Callable[[], bool], *, within: float = 3.0) -> None:
+    """Wait until ``condition()`` holds; fail after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + within
+    while True:
+        if condition():
+            return
+        assert loop.time() < give_up, "condition not met in time"
+        await asyncio.sleep(0.01)  # poll interval while waiting on the condition
 
 
 # --- tracing ---------------------------------------------------------------------------------
@@ -303,6 +315,23 @@ def test_a_silent_device_times_out_on_the_same_connection_until_it_answers() -> 
     assert counters["connects"] == 1
     assert counters["transactions"] == 3
     assert faults == Counter(timeout=2)
+
+
+def test_a_device_that_hung_up_while_idle_is_reconnected_without_a_fault() -> None:
+    async def main() -> tuple[dict[str, int], Counter[str]]:
+        async with (
+            HostileTcpServer(units=[1]) as server,
+            ModbusTcpRegisters(host=server.host, port=server.port, timeout=TIMEOUT) as registers,
+        ):
+            await registers.read(RegisterKind.INPUT, 0, 2, unit_id=1)
+            server.hang_up()
+            await until(lambda: not registers.connected)  # the FIN has arrived
+            assert len(await registers.read(RegisterKind.INPUT, 0, 2, unit_id=1)) == 2
+            return registers.counters(), registers.faults(1)
+
+    counters, faults = run(main())
+    assert (counters["connects"], counters["reconnects"]) == (2, 1)
+    assert faults == Counter()
 
 
 def test_a_refused_endpoint_is_not_retried_in_a_tight_loop() -> None:
@@ -523,6 +552,43 @@ def test_closing_one_unit_keeps_the_connection_of_its_neighbour() -> None:
             assert server.accepted == 1
 
     run(main())
+
+
+def test_every_device_on_one_endpoint_shares_its_connection_and_bus_task() -> None:
+    endpoint = {"kind": "tcp", "host": "10.0.0.9", "port": 502}
+    meter = ModbusDevice.model_validate(
+        {
+            "id": "m",
+            "driver": "modbus",
+            "profile": "sdm630",
+            "unit_id": 1,
+            "timeout": 0.5,
+            "transport": endpoint,
+        }
+    )
+    slow = ModbusDevice.model_validate(
+        {
+            "id": "s",
+            "driver": "modbus",
+            "profile": "sdm630",
+            "unit_id": 2,
+            "timeout": 3.0,
+            "transport": endpoint,
+        }
+    )
+    inverter = SunSpecDevice.model_validate(
+        {"id": "pv", "driver": "sunspec", "unit_id": 3, "transport": endpoint}
+    )
+    registry = BusRegistry()
+    drivers = [build_driver(d, registry) for d in (meter, slow, inverter)]
+    assert isinstance(drivers[2], SunSpecTcpDriver)
+    shared = _registers_of(drivers[0])
+    assert _registers_of(drivers[1]) is shared
+    assert drivers[2]._registers is shared
+    assert len({d.bus_key() for d in (meter, slow, inverter)}) == 1  # polled in turn
+    # Each unit keeps its own request timeout on the shared connection.
+    units = [d.unit for d in drivers[:2] if isinstance(d, ModbusTcpDriver)]
+    assert [u.response_timeout for u in units] == [0.5, 3.0]
 
 
 def test_units_on_different_endpoints_get_different_connections() -> None:
