@@ -16,6 +16,7 @@ from drivers.modbus.engine import ModbusDriver
 from drivers.modbus.line import LineUnit, ModbusLine, SerialSettings
 from drivers.modbus.profiles import load_profile, profile_from_table
 from drivers.modbus.sunspec.driver import SunSpecTcpDriver
+from drivers.modbus.tcp_client import ModbusTcpRegisters
 from drivers.sensors.i2c_bus import I2CBus, open_i2c_bus
 from drivers.sensors.pmsa003i import Pmsa003iDriver
 from drivers.sensors.scd4x import Scd4xDriver
@@ -33,7 +34,9 @@ from gateway.config import (
 
 @dataclass
 class BusRegistry:
-    """Shares one bus object per I2C bus spec among the chips on it; simulations pre-seed ``buses``."""
+    """Shares one bus object per physical bus among the devices on it: an I2C bus per bus spec,
+    a `ModbusLine` per serial line, a `ModbusTcpRegisters` connection per Modbus TCP endpoint.
+    Simulations pre-seed ``buses``."""
 
     buses: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +67,19 @@ class BusRegistry:
         line: ModbusLine = self.buses[key]
         return line
 
+    def modbus_tcp(self, host: str, port: int, timeout: float) -> ModbusTcpRegisters:
+        """The one connection to the Modbus TCP endpoint ``host``:``port``, made on first use:
+        every unit behind it (profile and SunSpec devices alike) shares it, because many devices
+        accept a single client and a TCP-to-RS-485 gateway serves one request at a time anyway.
+        ``timeout`` bounds the connection attempt (the first device's value; each device passes
+        its own request timeout on every read). Keyed like the bus task
+        (`gateway.config.ModbusDevice.bus_key`), so the units are also polled in turn."""
+        key = f"modbus-tcp://{host}:{port}"
+        if key not in self.buses:
+            self.buses[key] = ModbusTcpRegisters(host=host, port=port, timeout=timeout)
+        registers: ModbusTcpRegisters = self.buses[key]
+        return registers
+
 
 def _modbus(device: ModbusDevice, buses: BusRegistry) -> Driver:
     profile = (
@@ -80,8 +96,7 @@ def _modbus(device: ModbusDevice, buses: BusRegistry) -> Driver:
         )
         return ModbusDriver(reader=reader, profile=profile, name=f"{device.id} ({reader!r})")
     return ModbusTcpDriver(
-        host=transport.host,
-        port=transport.port,
+        registers=buses.modbus_tcp(transport.host, transport.port, device.timeout),
         unit_id=device.unit_id,
         profile=profile,
         timeout=device.timeout,
@@ -89,9 +104,9 @@ def _modbus(device: ModbusDevice, buses: BusRegistry) -> Driver:
 
 
 def _sunspec(device: SunSpecDevice, buses: BusRegistry) -> Driver:
+    transport = device.transport
     return SunSpecTcpDriver(
-        host=device.transport.host,
-        port=device.transport.port,
+        registers=buses.modbus_tcp(transport.host, transport.port, device.timeout),
         unit_id=device.unit_id,
         timeout=device.timeout,
         models=device.models,

@@ -1,15 +1,17 @@
-"""Modbus TCP devices: the generic engine over one TCP connection.
+"""Modbus TCP devices: the generic engine over a shared Modbus TCP connection.
 
 `ModbusTcpDriver` is `drivers.modbus.engine.ModbusDriver` (plan, read, decode, all-or-nothing
 polls) with `TcpUnit` as its register reader, so TCP and RTU devices share one engine and differ
-only in transport. Transport policy and error mapping are those of
-`drivers.modbus.tcp_client.ModbusTcpRegisters`: no pymodbus retries or background reconnects, the
-connection dropped after any transport failure, and
+only in transport. The connection is a `drivers.modbus.tcp_client.ModbusTcpRegisters`, one per
+endpoint, shared by every unit behind it (the gateway injects it; see
+`gateway.registry.BusRegistry.modbus_tcp`). Its contract applies: answers validated against the
+request (transaction id, unit id, function code, byte count) before anything is decoded, and
 
-- refused/unreachable connection, no answer in time, broken connection -> `DeviceTimeout`;
+- refused/unreachable connection, no answer in time, connection closed before answering ->
+  `DeviceTimeout`;
 - Modbus exception 06 (server device busy) -> `DeviceBusy`;
-- any other Modbus exception code -> `DeviceRejected`;
-- an answer of the wrong length or undecodable registers -> `DecodeError`.
+- any other Modbus exception code -> `DeviceRejected` (`ModbusExceptionAnswer`, with ``code``);
+- a broken, truncated or foreign answer, or undecodable registers -> `DecodeError`.
 """
 
 from __future__ import annotations
@@ -23,45 +25,86 @@ from drivers.modbus.tcp_client import ModbusTcpRegisters
 
 
 class TcpUnit:
-    """One unit id behind a Modbus TCP endpoint: the `drivers.modbus.engine.RegisterReader`."""
+    """One unit id behind a Modbus TCP endpoint: the `drivers.modbus.engine.RegisterReader`.
 
-    def __init__(self, *, registers: ModbusTcpRegisters, unit_id: int) -> None:
-        self._registers = registers
+    Holds one reference on the shared ``registers`` while open (`open`, or the first `read`), so
+    that closing a failing unit never drops the connection its neighbours use.
+    ``response_timeout`` bounds each of its requests (default: the connection's ``timeout``).
+    """
+
+    def __init__(
+        self,
+        *,
+        registers: ModbusTcpRegisters,
+        unit_id: int,
+        response_timeout: float | None = None,
+    ) -> None:
+        if not 0 <= unit_id <= 255:
+            raise ValueError(f"unit_id must be 0..255, got {unit_id}")
+        if response_timeout is not None and response_timeout <= 0:
+            raise ValueError(f"response_timeout must be positive, got {response_timeout}")
+        self.registers = registers
         self.unit_id = unit_id
+        self.response_timeout = response_timeout
+        self._open = False
 
     def __repr__(self) -> str:
-        return f"{self._registers!r} unit {self.unit_id}"
+        return f"{self.registers!r} unit {self.unit_id}"
 
     async def open(self) -> None:
-        """Connect now; raises `DeviceTimeout` when the endpoint does not accept."""
-        await self._registers.connect()
+        """Take a reference on the connection (connecting if needed); raises `DeviceTimeout`
+        when the endpoint does not accept."""
+        if not self._open:
+            await self.registers.open()
+            self._open = True
 
     async def close(self) -> None:
-        """Drop the connection; never raises."""
-        await self._registers.close()
+        """Release this unit's reference; never raises."""
+        if self._open:
+            self._open = False
+            await self.registers.close()
 
     async def read(self, request: ReadRequest) -> Sequence[int]:
-        """One read of ``request.count`` registers (reconnecting first if the link was lost)."""
-        return await self._registers.read(
-            request.kind, request.address, request.count, unit_id=self.unit_id
+        """One read of ``request.count`` registers (opening first if needed)."""
+        await self.open()
+        return await self.registers.read(
+            request.kind,
+            request.address,
+            request.count,
+            unit_id=self.unit_id,
+            response_timeout=self.response_timeout,
         )
 
 
 class ModbusTcpDriver(ModbusDriver):
     """A Modbus TCP device (or a unit behind a TCP gateway) described by a `Profile`.
 
+    ``registers`` is the endpoint's shared connection; callers that poll a single device may
+    pass ``host`` and ``port`` instead, and the driver makes a connection of its own.
     ``unit_id`` is the Modbus unit identifier (1..247 behind a gateway; many native TCP devices
-    accept any value); ``timeout`` bounds the connection attempt and each request, in seconds.
+    accept any value); ``timeout`` bounds each request (and, for a connection of its own, the
+    connection attempt), in seconds.
     """
 
     def __init__(
-        self, *, host: str, port: int, unit_id: int, profile: Profile, timeout: float = 2.0
+        self,
+        *,
+        unit_id: int,
+        profile: Profile,
+        registers: ModbusTcpRegisters | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        timeout: float = 2.0,
     ) -> None:
-        if not 0 <= unit_id <= 255:
-            raise ValueError(f"unit_id must be 0..255, got {unit_id}")
-        registers = ModbusTcpRegisters(host=host, port=port, timeout=timeout)
+        if registers is None:
+            if host is None or port is None:
+                raise ValueError("pass either registers or host and port")
+            registers = ModbusTcpRegisters(host=host, port=port, timeout=timeout)
+        elif host is not None or port is not None:
+            raise ValueError("pass either registers or host and port, not both")
+        self.unit = TcpUnit(registers=registers, unit_id=unit_id, response_timeout=timeout)
         super().__init__(
-            reader=TcpUnit(registers=registers, unit_id=unit_id),
+            reader=self.unit,
             profile=profile,
-            name=f"{host}:{port} unit={unit_id}",
+            name=f"{registers.host}:{registers.port} unit={unit_id}",
         )

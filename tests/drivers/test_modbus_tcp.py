@@ -153,8 +153,11 @@ def test_short_answer_is_a_decode_error(sdm630: Profile) -> None:
             driver = _driver(sim, 1, sdm630)
             try:
                 sim.set_short_answer(1, 2)
-                with pytest.raises(DecodeError, match="returned 74 registers"):
+                # A well-framed answer carrying 74 of the 76 registers asked: rejected by the
+                # transport's byte-count check, before anything is decoded.
+                with pytest.raises(DecodeError, match="byte count 148, 76 registers") as caught:
                     await driver.poll()
+                assert caught.value.fault == "byte_count"
                 sim.set_short_answer(1, 0)
                 assert len(await driver.poll()) == len(sdm630.points)
             finally:

@@ -193,10 +193,12 @@ def test_a_device_without_sunspec_is_reported_not_guessed() -> None:
             try:
                 with pytest.raises(DecodeError, match="no SunSpec marker"):
                     await driver.open()
-                with pytest.raises(DeviceRejected):  # unit 2 is absent: exception 0x0B
-                    await SunSpecTcpDriver(
-                        host="127.0.0.1", port=sim.port, unit_id=2
-                    )._registers.read(RegisterKind.HOLDING, 40000, 2, unit_id=2)
+                absent = SunSpecTcpDriver(host="127.0.0.1", port=sim.port, unit_id=2)
+                try:
+                    with pytest.raises(DeviceRejected):  # unit 2 is absent: exception 0x0B
+                        await absent._registers.read(RegisterKind.HOLDING, 40000, 2, unit_id=2)
+                finally:
+                    await absent._registers.close()  # a one-off read holds no reference
             finally:
                 await driver.close()
 

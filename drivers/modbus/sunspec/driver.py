@@ -52,16 +52,22 @@ def plan_spans(
 class SunSpecTcpDriver:
     """A SunSpec device (inverter, meter) over Modbus TCP; implements `drivers.base.Driver`.
 
-    ``models`` restricts polling to these model ids (default: every supported model found).
-    `metrics` is empty until `open` has discovered the device.
+    ``registers`` is the endpoint's shared connection (`gateway.registry.BusRegistry.modbus_tcp`:
+    several devices behind one TCP gateway share it, and the driver holds one reference on it
+    while open, so closing this device never drops its neighbours' connection); callers that read
+    a single device may pass ``host`` and ``port`` instead. ``timeout`` bounds each request (and,
+    for a connection of its own, the connection attempt), in seconds. ``models`` restricts
+    polling to these model ids (default: every supported model found). `metrics` is empty until
+    `open` has discovered the device.
     """
 
     def __init__(
         self,
         *,
-        host: str,
-        port: int,
         unit_id: int,
+        registers: ModbusTcpRegisters | None = None,
+        host: str | None = None,
+        port: int | None = None,
         timeout: float = 2.0,
         models: Sequence[int] | None = None,
     ) -> None:
@@ -70,8 +76,16 @@ class SunSpecTcpDriver:
         unknown = set(models or ()) - set(SUPPORTED_MODELS)
         if unknown:
             raise ValueError(f"unsupported SunSpec models {sorted(unknown)}")
-        self._registers = ModbusTcpRegisters(host=host, port=port, timeout=timeout)
-        self._where = f"{host}:{port} unit={unit_id}"
+        if registers is None:
+            if host is None or port is None:
+                raise ValueError("pass either registers or host and port")
+            registers = ModbusTcpRegisters(host=host, port=port, timeout=timeout)
+        elif host is not None or port is not None:
+            raise ValueError("pass either registers or host and port, not both")
+        self._registers = registers
+        self._timeout = timeout
+        self._holding = False
+        self._where = f"{registers.host}:{registers.port} unit={unit_id}"
         self._unit_id = unit_id
         self._wanted = frozenset(models) if models else None
         self._map: SunSpecMap | None = None
@@ -94,18 +108,31 @@ class SunSpecTcpDriver:
         return self._map
 
     async def _read(self, address: int, count: int) -> list[int]:
+        await self._hold()
         return await self._registers.read(
-            RegisterKind.HOLDING, address, count, unit_id=self._unit_id
+            RegisterKind.HOLDING,
+            address,
+            count,
+            unit_id=self._unit_id,
+            response_timeout=self._timeout,
         )
+
+    async def _hold(self) -> None:
+        """Take this driver's one reference on the connection (connecting if needed)."""
+        if not self._holding:
+            await self._registers.open()
+            self._holding = True
 
     async def open(self) -> None:
         """Connect and discover; raises `DecodeError` if the device has no SunSpec map."""
-        await self._registers.connect()
+        await self._hold()
         await self._discover()
 
     async def close(self) -> None:
-        """Drop the connection; never raises."""
-        await self._registers.close()
+        """Release this driver's reference on the connection; never raises."""
+        if self._holding:
+            self._holding = False
+            await self._registers.close()
 
     async def _discover(self) -> SunSpecMap:
         found = await discover(self._read)
