@@ -17,7 +17,9 @@ another can be off by a factor of ten. The planner therefore keeps models whole:
   registers are read again after the value's read (or before it, when the scale factor lies
   after the value), and the model is decoded only if both readings agree. If they disagree the
   scale factor changed while the model was read: `read_models` reports a `DecodeError` for that
-  model, and the next poll reads it afresh.
+  model, and the next poll reads it afresh. (A factor that changes and changes back between two
+  reads tens of milliseconds apart would pass the re-read; it is the one case no Modbus read can
+  see, since FC 3 reads only contiguous registers.)
 
 A repeating block that carries its own scale factors (SunSpec's newer models) is read whole, so
 its values and scale factors always share a read.
