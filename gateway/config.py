@@ -22,12 +22,17 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from drivers.modbus.codec import DataType
-from drivers.modbus.profiles import available_profiles, profile_from_table
+from drivers.modbus.profiles import (
+    MODBUS_MAX_REGISTERS,
+    available_profiles,
+    profile_from_table,
+)
 from drivers.modbus.sunspec.models import SUPPORTED_MODELS
 from gateway.errors import ConfigError
 
@@ -290,11 +295,23 @@ class ModbusPointConfig(_Model):
 
 class ModbusDevice(_DeviceBase):
     """A Modbus device described by a shipped profile (see `drivers.modbus.profiles`), or by
-    its own point table (``points``) when no profile fits: exactly one of the two."""
+    its own point table (``points``) when no profile fits: exactly one of the two.
+
+    A point table may set the device's read limits, as a shipped profile does:
+    ``max_registers_per_read`` (many meters accept fewer than the protocol's 125) and ``max_gap``,
+    the unwanted registers a read may span to join two points (0 for a device that answers
+    exception 02 to any read touching an undefined register). With a profile they are the
+    profile's and cannot be set here.
+    """
 
     driver: Literal["modbus"]
     profile: str | None = None
     points: list[ModbusPointConfig] | None = None
+    #: A read asks for at most this many registers (default: the protocol's 125).
+    max_registers_per_read: Annotated[int, Field(ge=1, le=MODBUS_MAX_REGISTERS)] | None = None
+    #: A read spans at most this many unwanted registers (default: the profiles' default). A gap
+    #: longer than 123 could never join two points within one 125-register read.
+    max_gap: Annotated[int, Field(ge=0, le=MODBUS_MAX_REGISTERS - 2)] | None = None
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
     transport: ModbusTransport
 
@@ -305,6 +322,16 @@ class ModbusDevice(_DeviceBase):
         if name is not None and name not in known:
             raise ValueError(f"unknown Modbus profile {name!r}; known: {', '.join(known)}")
         return name
+
+    @field_validator("max_registers_per_read", "max_gap")
+    @classmethod
+    def _point_tables_only(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("profile") is not None:
+            raise ValueError(
+                f"applies to a point table (points = [...]) only; profile "
+                f"{info.data['profile']!r} sets its own"
+            )
+        return value
 
     @model_validator(mode="after")
     def _profile_or_points(self) -> ModbusDevice:
@@ -320,8 +347,14 @@ class ModbusDevice(_DeviceBase):
         return self
 
     def point_table(self) -> dict[str, Any]:
-        """The user-declared points as a profile table, for `profile_from_table`."""
-        return {"points": {p.key: p.table() for p in self.points or ()}}
+        """The user-declared points and read limits as a profile table, for
+        `profile_from_table` (unset limits keep the profile defaults)."""
+        table: dict[str, Any] = {"points": {p.key: p.table() for p in self.points or ()}}
+        if self.max_registers_per_read is not None:
+            table["max_registers_per_read"] = self.max_registers_per_read
+        if self.max_gap is not None:
+            table["max_gap"] = self.max_gap
+        return table
 
     @model_validator(mode="after")
     def _rtu_unit_id(self) -> ModbusDevice:

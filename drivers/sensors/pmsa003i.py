@@ -68,6 +68,8 @@ _METRICS: Mapping[str, MetricSpec] = MappingProxyType(
     {key: MetricSpec(key=key, unit=unit, description=d) for key, (_, unit, d) in _FIELDS.items()}
 )
 _NO_VALUES: Mapping[str, Value] = MappingProxyType(dict.fromkeys(_FIELDS))
+#: The ``adafruit_pm25`` keys of the six mass concentrations (atmospheric and CF=1).
+_MASS_FIELDS = tuple(field for field, unit, _ in _FIELDS.values() if unit == _MASS)
 
 
 class Pmsa003iDriver:
@@ -80,8 +82,10 @@ class Pmsa003iDriver:
 
     Errors: a NACK or a socket failure is `DeviceTimeout`; a bad header, frame length or checksum
     is `DecodeError`; the same frame ``stuck_polls`` polls in a row is
-    `gateway.errors.DeviceStuck` (0 disables the check). ``close`` never raises and
-    leaves the bus open (the bus belongs to the caller).
+    `gateway.errors.DeviceStuck` (0 disables the check), except a frame whose six mass
+    concentrations are all 0: clean air repeats that frame for hours, so it is never taken for
+    a stuck sensor (and a sensor frozen on such a frame cannot be told from clean air).
+    ``close`` never raises and leaves the bus open (the bus belongs to the caller).
     """
 
     def __init__(
@@ -129,7 +133,13 @@ class Pmsa003iDriver:
         if sensor is None:
             raise DeviceError(f"{self._name}: poll() before a successful open()")
         reading: dict[str, int] = await self._call(lambda: dict(sensor.read()))
-        self._stuck.check(tuple(reading[field] for field, _, _ in _FIELDS.values()))
+        if any(reading[field] for field in _MASS_FIELDS):
+            self._stuck.check(tuple(reading[field] for field, _, _ in _FIELDS.values()))
+        else:
+            # Clean air (a HEPA-filtered room, a clear night): every concentration 0, and the
+            # few particles counted are 0 too or rounding noise. A run of such frames is a
+            # legitimate reading, not a frozen sensor; it also ends any run of repeats.
+            self._stuck.reset()
         if self.warming_up:
             return _NO_VALUES
         return {key: int(reading[field]) for key, (field, _, _) in _FIELDS.items()}

@@ -39,6 +39,27 @@ _METRICS: Mapping[str, MetricSpec] = MappingProxyType(
 )
 
 
+def _read_measurement(sensor: Any) -> tuple[int, float, float]:
+    """One read_measurement command (0xEC05) through the Adafruit driver: CO2, T, RH.
+
+    ``adafruit_scd4x``'s public ``CO2``/``temperature``/``relative_humidity`` properties each send
+    their own get_data_ready_status first, so reading all three costs three extra I2C
+    transactions per poll, and a measurement landing between two of them would mix two
+    measurements in one reading. Its ``_read_data`` sends read_measurement once, checks the three
+    CRCs and converts with the datasheet formulas into ``_co2``/``_temperature``/
+    ``_relative_humidity``. Those four private names are the least fragile way to one command:
+    the alternative (``_send_command`` + ``_read_reply`` + the module's command constant + our
+    own conversion) leans on more private names and duplicates the conversion. They are the
+    same from 1.0.0 to 1.4.13; the command-counting test fails loudly if a release renames them.
+    """
+    sensor._read_data()
+    return (
+        int(sensor._co2),
+        float(sensor._temperature),
+        float(sensor._relative_humidity),
+    )
+
+
 class Scd4xDriver:
     """A `drivers.base.Driver` for one SCD40/41/43 on an injected `I2CBus`.
 
@@ -106,9 +127,10 @@ class Scd4xDriver:
     async def poll(self) -> Mapping[str, Value]:
         """Return the newest measurement; `DeviceNotReady` while there is none yet.
 
-        One data-ready check per call, so that waiting for the next measurement never holds a
-        shared bus. No new data for ``data_timeout`` seconds (since the last measurement or the
-        open) is a `DeviceTimeout`.
+        Exactly one data-ready check per call, so that waiting for the next measurement never
+        holds a shared bus, and when data is ready exactly one read_measurement, so that CO2,
+        temperature and humidity are one measurement (`_read_measurement`). No new data for
+        ``data_timeout`` seconds (since the last measurement or the open) is a `DeviceTimeout`.
         """
         sensor = self._sensor
         if sensor is None:
@@ -118,12 +140,8 @@ class Scd4xDriver:
             if waited > self._data_timeout:
                 raise DeviceTimeout(f"{self._name}: no new data within {self._data_timeout} s")
             raise DeviceNotReady(f"{self._name}: no new measurement yet", retry_after=_READY_POLL_S)
-        co2, temperature, humidity = await self._call(
-            lambda: (sensor.CO2, sensor.temperature, sensor.relative_humidity)
-        )
+        co2, temperature, humidity = await self._call(lambda: _read_measurement(sensor))
         self._last_data = self._monotonic()
-        if co2 is None or temperature is None or humidity is None:
-            raise DeviceTimeout(f"{self._name}: data ready but no measurement was read")
         self._stuck.check((co2, temperature, humidity))  # raw: exact functions of the words
         return {
             "co2": int(co2),

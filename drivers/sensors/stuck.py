@@ -4,7 +4,9 @@ A live I2C interface in front of a dead sensing element (a stalled PM fan, a hun
 path) keeps returning well-formed frames with valid CRCs and checksums. Real measurements carry
 noise: the SCD4x's raw words and the PMSA003I's particle counts change from one measurement to the
 next, so the very same raw measurement many times in a row means the sensor is stuck, and its
-number must not be published as if it were fresh.
+number must not be published as if it were fresh. The exception is a measurement that clean air
+legitimately repeats: a PMSA003I in HEPA-filtered air reports 0 µg/m³ (and counts of 0 or a few
+particles) for hours; its driver does not feed such frames to the detector (`reset` instead).
 """
 
 from __future__ import annotations

@@ -222,3 +222,40 @@ def test_reads_through_the_tcp_bus_server(
                 remote.deinit()
 
     run(scenario)
+
+
+def test_clean_air_for_hours_is_not_stuck_but_a_frozen_frame_still_is(clock: FakeClock) -> None:
+    """HEPA-clean air (issue 15): the same all-zero frame for four hours of 10 s polls is a
+    legitimate reading, published every time; a frame frozen on dust is still caught."""
+    air = {"now": PmSample(pm1=0.0, pm25=0.0, pm10=0.0)}
+    chip = Pmsa003iChip(clock=clock, environment=lambda t: air["now"])
+    bus = SimI2CBus()
+    bus.attach(ADDRESS, chip)
+
+    async def scenario() -> None:
+        driver = Pmsa003iDriver(bus=bus, clock=clock, stuck_polls=10)
+        await warm(driver, clock)
+        frames = set()
+        for _ in range(4 * 360):
+            clock.advance(10)
+            values = await driver.poll()  # never DeviceStuck
+            frames.add(tuple(values.values()))
+        assert frames == {(0,) * 12}  # really the very same frame, 1440 times
+        air["now"] = AIR  # cooking: dust, and counts that change from frame to frame
+        for _ in range(3):
+            clock.advance(10)
+            assert (await driver.poll())["pm25"] == 42
+        chip.stuck = True  # the frame the last poll read freezes: that was the 1st of 10
+        for _ in range(8):
+            clock.advance(10)
+            assert (await driver.poll())["pm25"] == 42
+        with pytest.raises(DeviceStuck, match="10 times"):
+            clock.advance(10)
+            await driver.poll()
+        chip.stuck = False
+        air["now"] = PmSample(pm1=0.0, pm25=0.0, pm10=0.0)
+        clock.advance(10)
+        assert (await driver.poll())["pm25"] == 0  # clean again: published at once
+
+    run(scenario)
+    assert chip.reads == 4 * 360 + 3 + 8 + 1 + 1

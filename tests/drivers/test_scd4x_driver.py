@@ -94,9 +94,34 @@ def test_reads_the_environment_through_the_sim_bus(
 
     run(scenario)
     stop, start, ready, read = (bytes.fromhex(h) for h in ("3f86", "21b1", "e4b8", "ec05"))
-    # constructor stop, start, then per poll: ready?, CO2 (ready? read), T (ready?), RH (ready?)
-    poll = [ready, ready, read, ready, ready]
-    assert chip.log == [stop, start, *poll, *poll, stop]
+    # constructor stop, start, then per poll exactly one data-ready check and one read.
+    assert chip.log == [stop, start, ready, read, ready, read, stop]
+
+
+def test_one_poll_is_one_ready_check_and_at_most_one_read(
+    bus: SimI2CBus, chip: Scd4xChip, clock: FakeClock, air: ClassroomAir
+) -> None:
+    """Each I2C command per poll, counted on the simulated chip (issue 15): the Adafruit value
+    properties would send a data-ready check each; a poll sends one, then one read_measurement,
+    and CO2, temperature and humidity come from that one measurement."""
+    ready, read = bytes.fromhex("e4b8"), bytes.fromhex("ec05")
+
+    async def scenario() -> None:
+        driver = Scd4xDriver(bus=bus, monotonic=clock)
+        await driver.open()
+        started = clock()
+        for period in range(1, 13):  # a minute of 5 s measurements
+            before = len(chip.log)
+            with pytest.raises(DeviceNotReady):
+                await driver.poll()  # asked too early: the check alone, nothing read
+            assert chip.log[before:] == [ready]
+            clock.advance(5.0)
+            before = len(chip.log)
+            assert_matches(await driver.poll(), expected(air, started + 5.0 * period))
+            assert chip.log[before:] == [ready, read]
+        await driver.close()
+
+    run(scenario)
 
 
 def test_not_ready_between_measurements_then_times_out(

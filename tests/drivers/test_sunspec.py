@@ -22,8 +22,8 @@ from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 
 from drivers.modbus.profiles import RegisterKind
 from drivers.modbus.sunspec.decode import decode_model, decode_point, scale
-from drivers.modbus.sunspec.discovery import ModelLocation, discover
-from drivers.modbus.sunspec.driver import SunSpecTcpDriver, plan_spans
+from drivers.modbus.sunspec.discovery import discover
+from drivers.modbus.sunspec.driver import SunSpecTcpDriver
 from drivers.modbus.sunspec.models import SUPPORTED_MODELS, PointDef, model_definitions
 from gateway.errors import DecodeError, DeviceRejected
 from simulators.meters import RegisterTable
@@ -65,8 +65,46 @@ def test_model_layout_sizes_match_the_sunspec_lengths() -> None:
     assert model_definitions()[160].repeat_count(48) == 2
     with pytest.raises(ValueError, match="whole"):
         model_definitions()[160].repeat_count(49)
-    with pytest.raises(ValueError, match="expected 50"):
-        model_definitions()[103].repeat_count(60)
+
+
+def test_announced_lengths_are_laid_out_as_pysunspec2_lays_them_out() -> None:
+    """The lengths the SunSpec specification and real devices allow (issue 15)."""
+    models = model_definitions()
+    common = models[1]
+    # L = 66 as defined; L = 65 without the trailing Pad (older maps, many inverters).
+    assert common.shape(66).fixed == common.fixed
+    assert common.shape(66).size == 68
+    short = common.shape(65)
+    assert [p.name for p in short.fixed.points][-2:] == ["SN", "DA"]
+    assert (short.size, short.extra) == (67, 0)
+    # Extra trailing registers after a model without repeating block are ignored.
+    assert (common.shape(70).size, common.shape(70).extra) == (68, 4)
+    assert (models[103].shape(60).size, models[103].shape(60).extra) == (52, 10)
+    assert models[120].shape(25).size == 27  # model 120 ends in a pad too
+    with pytest.raises(ValueError, match=r"shorter than its fixed block \(66, 65 without"):
+        common.shape(64)
+    with pytest.raises(ValueError, match=r"shorter than its fixed block \(50\)"):
+        models[103].shape(49)
+    # A repeating model takes whole blocks only (pysunspec2 refuses the rest too).
+    assert models[160].shape(8).repeats == 0
+    with pytest.raises(ValueError, match="whole 20-register"):
+        models[160].shape(48 + 3)
+
+
+def test_decode_model_at_the_allowed_lengths() -> None:
+    common = model_definitions()[1]
+    text = [0x4142] + [0] * 15  # "AB"
+    words = [1, 65, *text, *text, *([0] * 8), *([0] * 8), *text, 7]
+    decoded = decode_model(common, words)
+    assert decoded.values["Mn"] == "AB"
+    assert decoded.values["DA"] == 7
+    assert "Pad" not in decoded.values
+    longer = [1, 69, *words[2:], 0x8000, 0xAAAA, 0xBBBB, 0xCCCC]  # pad + 3 extra registers
+    same = {**decoded.values, "L": 69}
+    assert decode_model(common, longer).values == same
+    assert decode_model(common, longer[:68]).values == same  # the extras need not be read
+    with pytest.raises(ValueError, match="need 68 to 71 registers, got 67"):
+        decode_model(common, longer[:67])
 
 
 @pytest.mark.parametrize(
@@ -205,17 +243,6 @@ def test_a_device_without_sunspec_is_reported_not_guessed() -> None:
     asyncio.run(scenario())
 
 
-def test_plan_spans_merges_contiguous_models_into_full_reads() -> None:
-    models = [
-        ModelLocation(id=103, address=40070, length=50),
-        ModelLocation(id=120, address=40122, length=26),
-        ModelLocation(id=160, address=40150, length=48),
-    ]
-    assert plan_spans(models) == [(40070, 125), (40195, 5)]
-    # 28 registers of model 120 between them: more than MAX_GAP, so two reads.
-    assert plan_spans([models[0], models[2]]) == [(40070, 52), (40150, 50)]
-
-
 # --- Acceptance 1: pysunspec2 against the simulated inverter -------------------------------------
 
 
@@ -275,6 +302,10 @@ def test_pysunspec2_and_the_gateway_agree_on_the_simulated_inverter(when: float)
         assert set(polled) == set(driver.metrics)
         assert driver.metrics["ac_power"].unit == "W"
         assert driver.metrics["temperature_cabinet"].unit == "°C"
+        # SunSpec's "cos()" (model 120 power-factor ratings) is a plain ratio: UCUM "1", as the
+        # SDM120 profile's power_factor; the inverters' and meters' PF points are in percent.
+        assert driver.metrics["rated_power_factor_q1"].unit == "1"
+        assert driver.metrics["ac_power_factor"].unit == "%"
         assert driver.identity["Mn"] == "Canary Solar"
         if when == NOON:
             assert 3000 < polled["ac_power"] < 10000  # type: ignore[operator]

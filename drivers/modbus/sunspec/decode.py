@@ -142,24 +142,26 @@ def _scaled_block(
 def decode_model(model: ModelDef, words: Sequence[int]) -> DecodedModel:
     """Decode a model instance from its registers, starting at its ``ID`` register.
 
-    ``words`` must hold ``L + 2`` registers, where ``L`` is ``words[1]``; the number of
-    repeating blocks follows from ``L``. Raises `ValueError` if the ID is not ``model.id``, the
-    length does not fit the layout, or the register count is wrong.
+    The layout follows from the announced length ``L = words[1]`` (`ModelDef.shape`: the common
+    model without its trailing pad at ``L = 65``, extra trailing registers ignored, the number of
+    repeating blocks). ``words`` must hold at least the registers that carry values
+    (`ModelShape.size`) and at most ``L + 2``; what lies past the values is not looked at.
+    Raises `ValueError` if the ID is not ``model.id``, the length does not fit the layout, or the
+    register count is outside that range.
     """
     if len(words) < 2 or words[0] != model.id:
         found = words[0] if words else "nothing"
         raise ValueError(f"expected model {model.id} at this address, found {found}")
     length = words[1]
-    repeats = model.repeat_count(length)
-    if len(words) != length + 2:
-        raise ValueError(f"model {model.id}: need {length + 2} registers, got {len(words)}")
-    fixed_raw = _raw_block(words[: model.fixed.size], model.fixed)
-    values = _scaled_block(model.fixed, fixed_raw, fixed_raw)
+    shape = model.shape(length)
+    if not shape.size <= len(words) <= length + 2:
+        raise ValueError(
+            f"model {model.id}: need {shape.size} to {length + 2} registers, got {len(words)}"
+        )
+    fixed_raw = _raw_block(words[: shape.fixed.size], shape.fixed)
+    values = _scaled_block(shape.fixed, fixed_raw, fixed_raw)
     blocks: list[Mapping[str, Value]] = []
-    if model.repeating is not None:
-        size = model.repeating.size
-        for index in range(repeats):
-            start = model.fixed.size + index * size
-            raw = _raw_block(words[start : start + size], model.repeating)
-            blocks.append(_scaled_block(model.repeating, raw, fixed_raw))
+    for offset, group in shape.groups()[1:]:
+        raw = _raw_block(words[offset : offset + group.size], group)
+        blocks.append(_scaled_block(group, raw, fixed_raw))
     return DecodedModel(id=model.id, name=model.name, values=values, repeats=tuple(blocks))

@@ -3,8 +3,14 @@
 `open` connects, finds the SunSpec map (`discovery.discover`), reads model 1 (logged once:
 manufacturer, model, serial number) and fixes the metrics from the models present, so the keys
 are known before the first `poll`. `poll` reads the selected models in as few requests as
-possible (the map is contiguous: runs of models are read 125 registers at a time), checks that
-every model is still where discovery found it, and decodes with the models' scale factors.
+possible without ever separating a value from its scale factor (`plan`: whole models per read),
+checks that every model is still where discovery found it, and decodes with the models' scale
+factors.
+
+Announced lengths are read as pysunspec2 reads them (`ModelDef.shape`): model 1 with ``L = 65``
+(no trailing pad) or any model without repeating block with extra trailing registers is read;
+a model whose length fits no layout is skipped with one warning per discovery, and the other
+models are polled. A problem with model 1 leaves the identity unknown and stops nothing.
 
 If a model moved (firmware update, another device answering behind a gateway) the poll fails
 with `DecodeError` and the next poll discovers the map again: wrong numbers are never published.
@@ -16,37 +22,19 @@ import logging
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
-from drivers.modbus.profiles import MODBUS_MAX_REGISTERS, RegisterKind
-from drivers.modbus.sunspec.decode import DecodedModel, decode_model
+from drivers.modbus.profiles import RegisterKind
+from drivers.modbus.sunspec.decode import DecodedModel
 from drivers.modbus.sunspec.discovery import ModelLocation, SunSpecMap, discover
 from drivers.modbus.sunspec.metrics import MetricSource, metric_sources
 from drivers.modbus.sunspec.models import SUPPORTED_MODELS, model_definitions
+from drivers.modbus.sunspec.plan import MAX_GAP, ModelChanged, plan_spans, read_models
 from drivers.modbus.tcp_client import ModbusTcpRegisters
 from gateway.errors import DecodeError
 from gateway.model import MetricSpec, Value
 
 _log = logging.getLogger(__name__)
 
-#: Unwanted registers a read may span to join two selected models (same reasoning as profiles).
-MAX_GAP = 16
-
-
-def plan_spans(
-    locations: Sequence[ModelLocation], *, max_count: int = MODBUS_MAX_REGISTERS
-) -> list[tuple[int, int]]:
-    """(address, count) reads covering every model in ``locations``, merging models at most
-    `MAX_GAP` registers apart and splitting runs into reads of at most ``max_count``."""
-    runs: list[list[int]] = []
-    for location in sorted(locations, key=lambda m: m.address):
-        if runs and location.address - runs[-1][1] <= MAX_GAP:
-            runs[-1][1] = max(runs[-1][1], location.end)
-        else:
-            runs.append([location.address, location.end])
-    spans: list[tuple[int, int]] = []
-    for start, end in runs:
-        for address in range(start, end, max_count):
-            spans.append((address, min(max_count, end - address)))
-    return spans
+__all__ = ["MAX_GAP", "SunSpecTcpDriver", "plan_spans"]
 
 
 class SunSpecTcpDriver:
@@ -142,15 +130,32 @@ class SunSpecTcpDriver:
         selected: list[ModelLocation] = []
         sources: list[MetricSource] = []
         keys: set[str] = set()
+        unreadable: list[str] = []
+        common: ModelLocation | None = None
         for location in found.models:
-            if location.id not in definitions or location.id == 1:
+            if location.id not in definitions:
                 continue
-            if self._wanted is not None and location.id not in self._wanted:
-                continue
+            wanted = self._wanted is None or location.id in self._wanted
             try:
-                repeats = definitions[location.id].repeat_count(location.length)
+                repeats = definitions[location.id].shape(location.length).repeats
             except ValueError as exc:
-                raise DecodeError(f"{self!r}: {exc}") from exc
+                if location.id == 1 or wanted:
+                    if location.id != 1:
+                        unreadable.append(f"at {location.address}: {exc}")
+                    _log.warning(
+                        "%r: model %d at %d is not read (%s)%s",
+                        self,
+                        location.id,
+                        location.address,
+                        exc,
+                        "; identity unknown" if location.id == 1 else "",
+                    )
+                continue
+            if location.id == 1:
+                common = common or location
+                continue
+            if not wanted:
+                continue
             new = metric_sources(definitions[location.id], repeats)
             clash = keys & {s.spec.key for s in new}
             if clash:
@@ -166,7 +171,10 @@ class SunSpecTcpDriver:
             keys |= {s.spec.key for s in new}
             selected.append(location)
             sources.extend(new)
-        self.identity = MappingProxyType(await self._identity(found))
+        if not selected and unreadable:
+            # Nothing left to poll because of malformed models: an error, not an empty device.
+            raise DecodeError(f"{self!r}: no readable SunSpec model; " + "; ".join(unreadable))
+        self.identity = MappingProxyType(await self._identity(common))
         self._map = found
         self._selected = tuple(selected)
         self._sources = tuple(sources)
@@ -182,37 +190,48 @@ class SunSpecTcpDriver:
         )
         return found
 
-    async def _identity(self, found: SunSpecMap) -> dict[str, Value]:
-        common = next((m for m in found.models if m.id == 1), None)
+    async def _identity(self, common: ModelLocation | None) -> dict[str, Value]:
+        """Model 1's values, or nothing: a common model that does not decode only costs the
+        identity (logged once per discovery), never the device's other models."""
         if common is None:
             return {}
-        decoded = await self._read_models([common])
-        return dict(decoded[0].values)
+        (result,) = await self._read_models([common])
+        if isinstance(result, DecodeError):
+            _log.warning("%r: model 1 not read (%s); identity unknown", self, result)
+            return {}
+        return dict(result.values)
 
-    async def _read_models(self, locations: Sequence[ModelLocation]) -> list[DecodedModel]:
-        image: dict[int, int] = {}
-        for address, count in plan_spans(locations):
-            for offset, word in enumerate(await self._read(address, count)):
-                image[address + offset] = word
-        definitions = model_definitions()
-        decoded = []
-        for location in locations:
-            words = [image[a] for a in range(location.address, location.end)]
-            try:
-                if words[1] != location.length:
-                    raise ValueError(f"model {location.id} length changed to {words[1]}")
-                decoded.append(decode_model(definitions[location.id], words))
-            except ValueError as exc:
-                self._map = None  # rediscover on the next poll
-                raise DecodeError(f"{self!r}: at {location.address}: {exc}") from exc
+    async def _read_models(
+        self, locations: Sequence[ModelLocation]
+    ) -> list[DecodedModel | DecodeError]:
+        results = await read_models(self._read, locations, where=repr(self))
+        if any(isinstance(r, ModelChanged) for r in results):
+            self._map = None  # rediscover on the next poll
+        return results
+
+    async def _decode(self, locations: Sequence[ModelLocation]) -> list[DecodedModel]:
+        """Every model decoded, or the first model's error raised (no partial poll)."""
+        decoded: list[DecodedModel] = []
+        for result in await self._read_models(locations):
+            if isinstance(result, DecodeError):
+                raise result
+            decoded.append(result)
         return decoded
 
     async def read_all(self) -> list[DecodedModel]:
         """Decode every supported model of the discovered map, by SunSpec point name (for
         commissioning and cross-checks; the scheduler uses `poll`)."""
         found = self._map if self._map is not None else await self._discover()
-        supported = [m for m in found.models if m.id in model_definitions()]
-        return await self._read_models(supported)
+        definitions = model_definitions()
+        readable = []
+        for location in found.models:
+            if location.id in definitions:
+                try:
+                    definitions[location.id].shape(location.length)
+                except ValueError:
+                    continue  # reported by the discovery
+                readable.append(location)
+        return await self._decode(readable)
 
     async def poll(self) -> Mapping[str, Value]:
         """Read and decode the selected models; one value per metric (``None`` = no value)."""
@@ -220,7 +239,7 @@ class SunSpecTcpDriver:
             await self._discover()
         if not self._selected:
             return {}
-        decoded = await self._read_models(self._selected)
+        decoded = await self._decode(self._selected)
         by_model = {(d.id, loc.address): d for d, loc in zip(decoded, self._selected, strict=True)}
         values: dict[str, Value] = {}
         address_of = {loc.id: loc.address for loc in self._selected}

@@ -18,12 +18,17 @@ from dataclasses import dataclass
 from drivers.modbus.sunspec.models import ModelDef, PointDef
 from gateway.model import MetricSpec
 
-#: SunSpec unit spelling -> the gateway's (UCUM-like) spelling.
+#: SunSpec unit spelling -> the gateway's (UCUM-like) spelling. SunSpec's ``cos()`` (model 120's
+#: power-factor ratings ``PFRtgQ1``..``Q4``) is the cosine of the phase angle, a ratio from -1 to
+#: 1: UCUM's dimensionless unit "1", as the shipped profiles spell a power factor. It must not be
+#: empty (a reader cannot tell "no unit" from "unit forgotten") nor "%" (SunSpec's inverter and
+#: meter ``PF`` points are in percent, ``Pct``, and keep "%": 0.95 and 95 % are the same number
+#: only with their units).
 UNITS = {
     "C": "°C",
     "Pct": "%",
     "Secs": "s",
-    "cos()": "",
+    "cos()": "1",
     "AH": "Ah",
 }
 
