@@ -16,6 +16,7 @@ request (transaction id, unit id, function code, byte count) before anything is 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from drivers.modbus.engine import ModbusDriver
@@ -50,6 +51,10 @@ class TcpUnit:
 
     def __repr__(self) -> str:
         return f"{self.registers!r} unit {self.unit_id}"
+
+    def faults(self) -> Counter[str]:
+        """This unit's fault counters on the shared connection (`drivers.base.ReportsFaults`)."""
+        return self.registers.faults(self.unit_id)
 
     async def open(self) -> None:
         """Take a reference on the connection (connecting if needed); raises `DeviceTimeout`

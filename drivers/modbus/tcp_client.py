@@ -155,6 +155,11 @@ class ModbusTcpRegisters:
 
     # --- observability -----------------------------------------------------------------------
 
+    @property
+    def name(self) -> str:
+        """The endpoint, as the status topic's ``lines`` names it."""
+        return f"modbus-tcp://{self.host}:{self.port}"
+
     def faults(self, unit_id: int) -> Counter[str]:
         """Faults seen for ``unit_id`` by detailed class (`gateway.errors.FAULT_CLASSES` names
         and ``exception-0xNN``): every error a read of that unit raised, plus the faults that

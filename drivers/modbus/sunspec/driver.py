@@ -90,6 +90,10 @@ class SunSpecTcpDriver:
         """The metrics of the discovered models (empty before `open`)."""
         return self._metrics
 
+    def faults(self) -> Mapping[str, int]:
+        """This unit's fault counters on the shared connection (`drivers.base.ReportsFaults`)."""
+        return self._registers.faults(self._unit_id)
+
     @property
     def sunspec_map(self) -> SunSpecMap | None:
         """The map found by the last discovery."""
