@@ -80,8 +80,8 @@ class BufferWorker:
         self._bug_logged = False
         #: Set after each commit that stored readings; the publisher waits on it instead of polling.
         self.appended = asyncio.Event()
-        #: Readings given up after the storage failed for longer than ``max_retained`` allows;
-        #: they are lost, and counted.
+        #: Readings given up (lost, and counted): beyond ``max_retained`` while the storage
+        #: fails, or in a window whose commit failed for a bug (module docstring).
         self.unstored = 0
         #: Readings dropped by the buffer's limits since this worker started.
         self.dropped_now = 0
