@@ -205,11 +205,13 @@ class SqliteBuffer:
         """Oldest sequence numbers (not in flight) to drop so that the limits hold again."""
         limits, db, busy = self._limits, self._db, self._track.seqs
         victims: list[int] = []
-        if limits.max_age is not None and count:
-            horizon = db.execute("SELECT max(ts_ms) FROM readings").fetchone()[0] - int(
-                limits.max_age.total_seconds() * 1000
+        newest = db.execute("SELECT max(ts_ms) FROM readings WHERE synced = 1").fetchone()[0]
+        if limits.max_age is not None and newest is not None:
+            # Trusted timestamps only, on both sides (see `BufferLimits`).
+            horizon = newest - int(limits.max_age.total_seconds() * 1000)
+            rows = db.execute(
+                "SELECT seq FROM readings WHERE synced = 1 AND ts_ms < ? ORDER BY seq", (horizon,)
             )
-            rows = db.execute("SELECT seq FROM readings WHERE ts_ms < ? ORDER BY seq", (horizon,))
             victims = [seq for (seq,) in rows if seq not in busy]
         excess = 0
         if limits.max_readings is not None:
