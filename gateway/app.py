@@ -76,7 +76,9 @@ async def run_gateway(
             from gateway.simulate import simulated  # noqa: PLC0415 - simulators load only on demand
 
             config, buses, _site = await stack.enter_async_context(simulated(config))
-        storage = _open_buffer(config.buffer)
+        # Off the loop: opening runs PRAGMA quick_check over the whole file (seconds on a slow
+        # card with a large backlog), and may move a damaged file aside.
+        storage = await asyncio.to_thread(_open_buffer, config.buffer)
         buffer = BufferWorker(storage, commit_interval=config.buffer.commit_interval)
         stack.push_async_callback(buffer.close)
         pending = await buffer.pending()

@@ -257,5 +257,8 @@ class BufferWorker:
             log.error("the buffer cannot store %d readings; they are lost", len(self._staged))
             self.unstored += len(self._staged)
             self._staged.clear()
-        await self._call(self.buffer.close)
-        self._pool.shutdown(wait=True)
+        try:
+            await self._call(self.buffer.close)
+        finally:
+            # Joining the thread waits for whatever still runs on it: not on the event loop.
+            await asyncio.to_thread(self._pool.shutdown, wait=True)
