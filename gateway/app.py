@@ -200,18 +200,34 @@ def _open_buffer(config: BufferConfig) -> SqliteBuffer:
 def _sink(
     buffer: BufferWorker, keeper: TimeKeeper, display: StatusService | None
 ) -> Callable[[Sequence[Reading]], Awaitable[None]]:
-    """Show the readings locally, then hand them to the buffer's next group commit.
+    """Hand a poll's readings to the buffer's next group commit, then show them locally.
 
-    The display sees them first so that a storage problem never delays an alarm; staging never
-    waits on the disk. Untrusted readings are staged with their clock offset while held.
+    The data path comes first and nothing on the display's side can hurt it: staging never waits
+    on the disk (so a storage problem never delays an alarm either), and an exception from the
+    status code is a bug that is logged once per episode, with its traceback, and never reaches
+    the poller. Untrusted readings are staged with their clock offset while held.
     """
+    failing = False
 
-    async def observe_then_stage(readings: Sequence[Reading]) -> None:
-        if display is not None:
-            display.observe(readings)
+    async def stage_then_observe(readings: Sequence[Reading]) -> None:
+        nonlocal failing
         buffer.stage(readings, clock_offset_ms=keeper.offset_for_stage())
+        if display is None:
+            return
+        try:
+            display.observe(readings)
+        except Exception:
+            if not failing:
+                log.exception("status display failed on a poll (a bug); readings are kept")
+            else:
+                log.debug("status display failed again", exc_info=True)
+            failing = True
+            return
+        if failing:
+            log.info("status display takes readings again")
+            failing = False
 
-    return observe_then_stage
+    return stage_then_observe
 
 
 def status_details(runtime: GatewayRuntime, pending: int, dropped: int) -> dict[str, Any]:
