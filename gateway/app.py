@@ -1,8 +1,10 @@
 """Assembles the daemon: drivers, one poller per bus, the durable buffer and the MQTT publisher.
 
 Everything runs in one asyncio loop under one `asyncio.TaskGroup` of named tasks. Each task is
-supervised: an unexpected exception (a bug) is logged with its traceback and the task restarted
-after a pause, so one faulty driver cannot stop the other buses or the publisher.
+supervised: a task that fails is logged and restarted after a pause, so one fault cannot stop the
+other buses or the publisher. An expected failure (a `GatewayError`) is logged as one line; an
+unexpected exception (a bug) with its traceback, once per episode of repeated crashes (repeats as
+one line, the traceback at DEBUG). A restart builds the publisher afresh (`_publisher_runs`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gateway.clock import (
     file_generation,
 )
 from gateway.config import BufferConfig, ClockConfig, GatewayConfig
+from gateway.errors import GatewayError
 from gateway.model import Reading, utc_ms
 from gateway.registry import BusRegistry, build_driver
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Pause before restarting a task that crashed.
 RESTART_PAUSE = 5.0
+#: A task that ran this long before it failed again starts a new episode (logged in full).
+STABLE_RUN = 60.0
 #: On a clean stop, how long the publisher may keep draining the buffer after polling stopped.
 DRAIN_TIMEOUT = 5.0
 #: Seconds between status publications (also published at once when the buffer drops readings).
@@ -110,7 +115,7 @@ async def run_gateway(
         if display is not None:
             side_tasks.append(("display", display.run))
         async with asyncio.TaskGroup() as group:
-            mqtt_task = group.create_task(_supervise("mqtt", publisher.run), name="mqtt")
+            mqtt_task = group.create_task(_supervise("mqtt", _publisher_runs(runtime)), name="mqtt")
             others = [group.create_task(_supervise(n, fn), name=n) for n, fn in side_tasks]
             polling = [
                 group.create_task(_supervise(poller.name, poller.run), name=poller.name)
@@ -124,7 +129,7 @@ async def run_gateway(
             await buffer.flush()  # the last commit window, so that it is drained too
             try:
                 async with asyncio.timeout(DRAIN_TIMEOUT):
-                    await publisher.wait_drained()
+                    await runtime.publisher.wait_drained()  # the current one (_publisher_runs)
                 drained = True
             except TimeoutError:
                 drained = False
@@ -293,11 +298,66 @@ def _buffer_alarm(*, active: bool, value: float | None) -> AlarmState:
     )
 
 
+def _publisher_runs(runtime: GatewayRuntime) -> Callable[[], Awaitable[None]]:
+    """Publishing for `_supervise`: each call runs a publisher that has never run.
+
+    After ``run`` ended, a publisher is half-stopped (its client stopped, its in-flight
+    bookkeeping stale); so a restart hands its batches in flight back to the buffer and runs its
+    successor, which becomes ``runtime.publisher`` for the status reporting and the drain on stop.
+    """
+    ran = False
+
+    async def run() -> None:
+        nonlocal ran
+        if ran:
+            old = runtime.publisher
+            await old.release_inflight()
+            runtime.publisher = old.successor()
+        ran = True
+        await runtime.publisher.run()
+
+    return run
+
+
 async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run ``run()`` until it returns; restart it after `RESTART_PAUSE` when it fails.
+
+    ``run`` must start afresh on each call. Logging: a `GatewayError` (expected: the message says
+    what to fix) is one line; any other exception is a bug, logged with its traceback when an
+    episode starts. Crashes with the same error, each less than `STABLE_RUN` after the restart,
+    are one episode: its repeats are one WARNING line each, the traceback at DEBUG.
+    """
+    loop = asyncio.get_running_loop()
+    episode: tuple[type[BaseException], str] | None = None
+    repeats = 0
     while True:
+        started = loop.time()
         try:
             await run()
             return
-        except Exception:
-            log.exception("task %s crashed; restarting it in %.0f s", name, RESTART_PAUSE)
-            await asyncio.sleep(RESTART_PAUSE)
+        except Exception as exc:  # the supervisor is where everything is caught (house style)
+            error = exc
+        same = episode == (type(error), str(error)) and loop.time() - started < STABLE_RUN
+        repeats = repeats + 1 if same else 0
+        episode = (type(error), str(error))
+        expected = isinstance(error, GatewayError)
+        if repeats:
+            log.warning(
+                "task %s failed again (%d times in a row): %s; restarting it in %.0f s",
+                name,
+                repeats + 1,
+                error,
+                RESTART_PAUSE,
+            )
+            if not expected:
+                log.debug("task %s crashed", name, exc_info=error)
+        elif expected:
+            log.error("task %s failed: %s; restarting it in %.0f s", name, error, RESTART_PAUSE)
+        else:
+            log.error(
+                "task %s crashed (a bug); restarting it in %.0f s",
+                name,
+                RESTART_PAUSE,
+                exc_info=error,
+            )
+        await asyncio.sleep(RESTART_PAUSE)
