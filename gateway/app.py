@@ -1,8 +1,10 @@
 """Assembles the daemon: drivers, one poller per bus, the durable buffer and the MQTT publisher.
 
 Everything runs in one asyncio loop under one `asyncio.TaskGroup` of named tasks. Each task is
-supervised: an unexpected exception (a bug) is logged with its traceback and the task restarted
-after a pause, so one faulty driver cannot stop the other buses or the publisher.
+supervised: a task that fails is logged and restarted after a pause, so one fault cannot stop the
+other buses or the publisher. An expected failure (a `GatewayError`) is logged as one line; an
+unexpected exception (a bug) with its traceback, once per episode of repeated crashes (repeats as
+one line, the traceback at DEBUG). A restart builds the publisher afresh (`_publisher_runs`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gateway.clock import (
     file_generation,
 )
 from gateway.config import BufferConfig, ClockConfig, GatewayConfig
+from gateway.errors import GatewayError
 from gateway.model import Reading, utc_ms
 from gateway.registry import BusRegistry, build_driver
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Pause before restarting a task that crashed.
 RESTART_PAUSE = 5.0
+#: A task that ran this long before it failed again starts a new episode (logged in full).
+STABLE_RUN = 60.0
 #: On a clean stop, how long the publisher may keep draining the buffer after polling stopped.
 DRAIN_TIMEOUT = 5.0
 #: Seconds between status publications (also published at once when the buffer drops readings).
@@ -79,7 +84,9 @@ async def run_gateway(
             from gateway.simulate import simulated  # noqa: PLC0415 - simulators load only on demand
 
             config, buses, _site = await stack.enter_async_context(simulated(config))
-        storage = _open_buffer(config.buffer)
+        # Off the loop: opening runs PRAGMA quick_check over the whole file (seconds on a slow
+        # card with a large backlog), and may move a damaged file aside.
+        storage = await asyncio.to_thread(_open_buffer, config.buffer)
         buffer = BufferWorker(storage, commit_interval=config.buffer.commit_interval)
         stack.push_async_callback(buffer.close)
         pending = await buffer.pending()
@@ -112,7 +119,7 @@ async def run_gateway(
         if display is not None:
             side_tasks.append(("display", display.run))
         async with asyncio.TaskGroup() as group:
-            mqtt_task = group.create_task(_supervise("mqtt", publisher.run), name="mqtt")
+            mqtt_task = group.create_task(_supervise("mqtt", _publisher_runs(runtime)), name="mqtt")
             others = [group.create_task(_supervise(n, fn), name=n) for n, fn in side_tasks]
             polling = [
                 group.create_task(_supervise(poller.name, poller.run), name=poller.name)
@@ -126,13 +133,13 @@ async def run_gateway(
             await buffer.flush()  # the last commit window, so that it is drained too
             try:
                 async with asyncio.timeout(DRAIN_TIMEOUT):
-                    await publisher.wait_drained()
+                    await runtime.publisher.wait_drained()  # the current one (_publisher_runs)
                 drained = True
             except TimeoutError:
                 drained = False
             # The offline status of a clean stop carries the final counters.
             pending, dropped = await buffer.pending(), await buffer.dropped()
-            publisher.final_details = status_details(runtime, pending, dropped)
+            runtime.publisher.final_details = status_details(runtime, pending, dropped)
             mqtt_task.cancel()
         last_seq, left = await buffer.last_seq(), await buffer.pending()
         if drained:
@@ -205,18 +212,34 @@ def _open_buffer(config: BufferConfig) -> SqliteBuffer:
 def _sink(
     buffer: BufferWorker, keeper: TimeKeeper, display: StatusService | None
 ) -> Callable[[Sequence[Reading]], Awaitable[None]]:
-    """Show the readings locally, then hand them to the buffer's next group commit.
+    """Hand a poll's readings to the buffer's next group commit, then show them locally.
 
-    The display sees them first so that a storage problem never delays an alarm; staging never
-    waits on the disk. Untrusted readings are staged with their clock offset while held.
+    The data path comes first and nothing on the display's side can hurt it: staging never waits
+    on the disk (so a storage problem never delays an alarm either), and an exception from the
+    status code is a bug that is logged once per episode, with its traceback, and never reaches
+    the poller. Untrusted readings are staged with their clock offset while held.
     """
+    failing = False
 
-    async def observe_then_stage(readings: Sequence[Reading]) -> None:
-        if display is not None:
-            display.observe(readings)
+    async def stage_then_observe(readings: Sequence[Reading]) -> None:
+        nonlocal failing
         buffer.stage(readings, clock_offset_ms=keeper.offset_for_stage())
+        if display is None:
+            return
+        try:
+            display.observe(readings)
+        except Exception:
+            if not failing:
+                log.exception("status display failed on a poll (a bug); readings are kept")
+            else:
+                log.debug("status display failed again", exc_info=True)
+            failing = True
+            return
+        if failing:
+            log.info("status display takes readings again")
+            failing = False
 
-    return observe_then_stage
+    return stage_then_observe
 
 
 def status_details(runtime: GatewayRuntime, pending: int, dropped: int) -> dict[str, Any]:
@@ -271,11 +294,66 @@ def _buffer_alarm(*, active: bool, value: float | None) -> AlarmState:
     )
 
 
+def _publisher_runs(runtime: GatewayRuntime) -> Callable[[], Awaitable[None]]:
+    """Publishing for `_supervise`: each call runs a publisher that has never run.
+
+    After ``run`` ended, a publisher is half-stopped (its client stopped, its in-flight
+    bookkeeping stale); so a restart hands its batches in flight back to the buffer and runs its
+    successor, which becomes ``runtime.publisher`` for the status reporting and the drain on stop.
+    """
+    ran = False
+
+    async def run() -> None:
+        nonlocal ran
+        if ran:
+            old = runtime.publisher
+            await old.release_inflight()
+            runtime.publisher = old.successor()
+        ran = True
+        await runtime.publisher.run()
+
+    return run
+
+
 async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run ``run()`` until it returns; restart it after `RESTART_PAUSE` when it fails.
+
+    ``run`` must start afresh on each call. Logging: a `GatewayError` (expected: the message says
+    what to fix) is one line; any other exception is a bug, logged with its traceback when an
+    episode starts. Crashes with the same error, each less than `STABLE_RUN` after the restart,
+    are one episode: its repeats are one WARNING line each, the traceback at DEBUG.
+    """
+    loop = asyncio.get_running_loop()
+    episode: tuple[type[BaseException], str] | None = None
+    repeats = 0
     while True:
+        started = loop.time()
         try:
             await run()
             return
-        except Exception:
-            log.exception("task %s crashed; restarting it in %.0f s", name, RESTART_PAUSE)
-            await asyncio.sleep(RESTART_PAUSE)
+        except Exception as exc:  # the supervisor is where everything is caught (house style)
+            error = exc
+        same = episode == (type(error), str(error)) and loop.time() - started < STABLE_RUN
+        repeats = repeats + 1 if same else 0
+        episode = (type(error), str(error))
+        expected = isinstance(error, GatewayError)
+        if repeats:
+            log.warning(
+                "task %s failed again (%d times in a row): %s; restarting it in %.0f s",
+                name,
+                repeats + 1,
+                error,
+                RESTART_PAUSE,
+            )
+            if not expected:
+                log.debug("task %s crashed", name, exc_info=error)
+        elif expected:
+            log.error("task %s failed: %s; restarting it in %.0f s", name, error, RESTART_PAUSE)
+        else:
+            log.error(
+                "task %s crashed (a bug); restarting it in %.0f s",
+                name,
+                RESTART_PAUSE,
+                exc_info=error,
+            )
+        await asyncio.sleep(RESTART_PAUSE)

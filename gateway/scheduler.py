@@ -13,6 +13,13 @@ its ``retry_after``, with no error counted; the other devices on the bus run mea
 Failures: a `DeviceError` marks the device unavailable; it is logged once when it starts failing
 and once when it recovers, counted per error class, and retried with jittered exponential backoff
 (never sooner than its interval), so a dead device costs its bus at most one timeout per retry.
+
+Driver bugs: any other exception from a driver's ``open``, ``poll`` or ``close`` (or a ``poll``
+that returns something that is not a mapping) is contained to that device: counted under kind
+``internal``, logged with one WARNING line per failure streak and its traceback at DEBUG, and the
+device is closed and backed off like any failure. The bus task keeps running, so the neighbours
+on the bus are neither reopened nor late (a restart of the task would reopen every device on the
+bus and reset, for example, a particle sensor's warm-up).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,6 +42,16 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between retries of a failing device, in seconds.
 MAX_BACKOFF = 300.0
+
+
+class DriverBug(DeviceError):
+    """A driver raised something other than a `DeviceError`: a bug, not a device fault.
+
+    The scheduler wraps the exception (as ``__cause__``) so that it is counted and backed off like
+    a device fault, under its own kind, and never stops the bus.
+    """
+
+    kind = "internal"
 
 
 class SequenceCounter:
@@ -66,6 +83,8 @@ class DeviceState:
     #: Readings per metric that came back without a value (sensor warm-up, "not available"
     #: sentinels): counted, but not failures (the device answered).
     no_values: Counter[str] = field(default_factory=Counter)
+    #: A driver bug was logged in the current failure streak (logged once per streak).
+    bug_logged: bool = False
 
 
 ReadingSink = Callable[[Sequence[Reading]], Awaitable[None]]
@@ -121,9 +140,9 @@ class BusPoller:
                 await self._service(device)
         finally:
             # Close every driver, opened or not: an open() cut short may have left a transport
-            # half-open, and close() never raises.
+            # half-open.
             for device in self.devices:
-                await device.driver.close()
+                await self._close(device)
 
     async def _service(self, device: DeviceState) -> None:
         due = device.next_due
@@ -132,6 +151,11 @@ class BusPoller:
         try:
             async with asyncio.timeout(device.guard):
                 values = await device.driver.poll()
+            # Driver data: read before any sequence number is handed out, so that a broken
+            # answer costs no number (a skipped number would look like a lost reading).
+            answer = [
+                (key, spec.unit, values.get(key)) for key, spec in device.driver.metrics.items()
+            ]
         except DeviceNotReady as exc:
             device.next_due = self._monotonic() + min(exc.retry_after, device.interval)
             return
@@ -139,8 +163,11 @@ class BusPoller:
             error = exc if isinstance(exc, DeviceError) else DeviceTimeout("no answer in time")
             await self._failed(device, error)
             return
+        except Exception as exc:  # a driver bug: contained to this device (module docstring)
+            await self._failed(device, _bug("poll", exc))
+            return
         ts, synced = self._stamp()
-        await self._sink(self._readings(device, values, utc_ms(ts), synced))
+        await self._sink(self._readings(device, answer, utc_ms(ts), synced))
         self._succeeded(device, due)
 
     async def _open(self, device: DeviceState) -> bool:
@@ -152,15 +179,33 @@ class BusPoller:
             error = exc if isinstance(exc, DeviceError) else DeviceTimeout("open took too long")
             await self._failed(device, error)
             return False
+        except Exception as exc:  # a driver bug: contained to this device (module docstring)
+            await self._failed(device, _bug("open", exc))
+            return False
         device.opened = True
         return True
 
+    async def _close(self, device: DeviceState) -> None:
+        """Close ``device``'s driver; a driver whose close() raises is a bug, logged, not raised."""
+        try:
+            await device.driver.close()
+        except Exception as exc:
+            if not device.bug_logged:
+                log.warning(
+                    "device %s: driver bug in close (%s: %s)", device.id, type(exc).__name__, exc
+                )
+                log.debug("device %s: close() raised", device.id, exc_info=exc)
+                device.bug_logged = True
+
     def _readings(
-        self, device: DeviceState, values: Mapping[str, Value], ts: datetime, synced: bool
+        self,
+        device: DeviceState,
+        answer: Sequence[tuple[str, str, Value]],
+        ts: datetime,
+        synced: bool,
     ) -> list[Reading]:
         readings = []
-        for key, spec in device.driver.metrics.items():
-            value = values.get(key)
+        for key, unit, value in answer:
             if value is None:
                 device.no_values[key] += 1
             readings.append(
@@ -168,7 +213,7 @@ class BusPoller:
                     device=device.id,
                     metric=key,
                     value=value,
-                    unit=spec.unit,
+                    unit=unit,
                     ts=ts,
                     seq=self._sequence.next(),
                     quality=Quality.GOOD if value is not None else Quality.NO_VALUE,
@@ -183,6 +228,7 @@ class BusPoller:
             log.info("device %s recovered after %d failed attempts", device.id, device.failures)
         device.available = True
         device.failures = 0
+        device.bug_logged = False
         now = self._monotonic()
         # Next slot on the grid strictly after now: late polls skip slots instead of bursting.
         missed = max(0, int((now - due) // device.interval))
@@ -191,7 +237,17 @@ class BusPoller:
     async def _failed(self, device: DeviceState, error: DeviceError) -> None:
         device.errors[error.kind] += 1
         device.failures += 1
-        if device.available:
+        if isinstance(error, DriverBug):
+            if not device.bug_logged:
+                log.warning(
+                    "device %s unavailable (%s: %s); a driver bug, retrying with backoff",
+                    device.id,
+                    error.kind,
+                    error,
+                )
+                log.debug("device %s: driver bug", device.id, exc_info=error.__cause__)
+                device.bug_logged = True
+        elif device.available:
             log.warning(
                 "device %s unavailable (%s: %s); retrying with backoff",
                 device.id,
@@ -199,10 +255,18 @@ class BusPoller:
                 error,
             )
         device.available = False
-        if not device.opened or isinstance(error, DeviceTimeout):
-            # A failed open() may have left a transport half-open, and a transport that timed out
-            # may be wedged: close it, and open it afresh on the next attempt.
+        if not device.opened or isinstance(error, DeviceTimeout | DriverBug):
+            # A failed open() may have left a transport half-open, a transport that timed out may
+            # be wedged, and after a driver bug its state is unknown: close it, and open it afresh
+            # on the next attempt.
             device.opened = False
-            await device.driver.close()
+            await self._close(device)
         backoff = min(MAX_BACKOFF, self._rng.uniform(0, 1.5 ** min(10, device.failures)))
         device.next_due = self._monotonic() + max(device.interval, backoff)
+
+
+def _bug(call: str, exc: Exception) -> DriverBug:
+    """Wrap an unexpected exception from a driver's ``call`` as a `DriverBug` (cause kept)."""
+    bug = DriverBug(f"{call}() raised {type(exc).__name__}: {exc}")
+    bug.__cause__ = exc
+    return bug

@@ -47,8 +47,11 @@ class Batch:
 class BufferLimits:
     """Caps on the buffer; ``None`` means unbounded.
 
-    ``max_age`` is measured against the newest stored reading, not the wall clock, so a Pi whose
-    clock is wrong after a power cut neither drops everything nor keeps everything.
+    ``max_age`` is measured against the newest stored reading with a trusted timestamp, not the
+    wall clock, so a Pi whose clock is wrong after a power cut neither drops everything nor keeps
+    everything. Only readings with trusted timestamps are compared: a held reading (or one
+    released unsynced) may carry any time, say a year ahead, which must neither set the horizon
+    nor make it look old. The count and size caps apply to every reading alike.
     """
 
     max_readings: int | None = None

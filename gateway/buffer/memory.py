@@ -65,9 +65,13 @@ class MemoryBuffer:
         victims: list[int] = []
         limits = self._limits
         droppable = [s for s in self._order if s not in self._track.seqs]
-        if limits.max_age is not None and self._order:
-            horizon = self._rows[self._order[-1]].ts - limits.max_age
-            victims = [s for s in droppable if self._rows[s].ts < horizon]
+        trusted = [s for s in self._order if self._rows[s].time_synced]
+        if limits.max_age is not None and trusted:
+            # Trusted timestamps only, on both sides (see `BufferLimits`).
+            horizon = max(self._rows[s].ts for s in trusted) - limits.max_age
+            victims = [
+                s for s in droppable if self._rows[s].time_synced and self._rows[s].ts < horizon
+            ]
         if limits.max_readings is not None:
             excess = len(self._order) - len(victims) - limits.max_readings
             if excess > 0:

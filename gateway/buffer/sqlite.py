@@ -14,15 +14,25 @@ transaction as the rows, so sequence numbers never repeat, even after every row 
 
 A file that SQLite cannot open, or whose ``quick_check`` fails, is renamed to
 ``<name>.corrupt-<time>`` and a fresh buffer is started: a damaged card must not put the gateway into
-a crash loop. Sequence numbers then continue above the damaged file's high-water mark when it can
-still be read, and otherwise jump to the current Unix time in milliseconds. A consumer sees a gap,
-which is the truth (the damaged file's readings are lost), and never a repeat.
+a crash loop. Sequence numbers then continue above everything possibly used before, which must come
+from something that survives the damage. So the buffer keeps a second, tiny file next to it,
+``<name>.seq``: a number above every sequence number ever committed, raised in blocks of
+`SEQ_BLOCK` (written and fsynced before the commit that would pass it, so once per million
+readings, not once per commit). After a recovery the floor is the highest of that mark and of the
+damaged file's ``last_seq`` and ``max(seq)`` where they can still be read. Only when none of them
+is readable does it fall back to the Unix time in milliseconds, which a Pi with a stale clock after
+a power cut may set too low: that needs the loss of both files. A consumer sees a gap, which is the
+truth (the damaged file's readings are lost), and never a repeat. For the same reason a buffer file
+that is new (deleted by hand, or come back empty after a power cut) while the mark exists starts
+above the mark.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -60,6 +70,8 @@ Synchronous = Literal["FULL", "NORMAL"]
 
 #: When over ``max_bytes``, drop down to this fraction of it, so that not every commit drops.
 BYTES_LOW_WATER = 0.9
+#: How far ahead of the stored sequence numbers the ``.seq`` high-water mark is raised at a time.
+SEQ_BLOCK = 1_000_000
 
 
 class SqliteBuffer:
@@ -79,18 +91,31 @@ class SqliteBuffer:
         self._limits = limits or BufferLimits()
         #: Where a damaged previous file was moved to, if one was found at start-up.
         self.recovered_from: Path | None = None
+        #: The ``.seq`` high-water mark file (module docstring).
+        self.mark_path = path.with_name(f"{path.name}.seq")
         path.parent.mkdir(parents=True, exist_ok=True)
+        mark = self._read_mark()
         try:
-            self._db = self._open(synchronous)
+            self._db, created = self._open(synchronous)
+            floor = mark if created else None
+            if floor:
+                log.warning(
+                    "buffer %s is new but sequence numbers up to %d may have been used; "
+                    "continuing above them",
+                    path,
+                    floor,
+                )
         except sqlite3.DatabaseError as exc:
             self.recovered_from = self._move_aside(exc)
-            self._db = self._open(synchronous)
-            self._db.execute(
-                "UPDATE meta SET value = ? WHERE key = 'last_seq'",
-                (self._seq_floor_after_recovery(self.recovered_from),),
-            )
+            self._db, _ = self._open(synchronous)
+            floor = self._seq_floor_after_recovery(self.recovered_from, mark)
+        if floor:
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (floor,))
         self._track = InflightTracker()
         self._last_seq = self._meta("last_seq")
+        self._mark = mark if mark is not None and mark >= self._last_seq else -1
+        if self._mark < 0:
+            self._write_mark(self._last_seq + SEQ_BLOCK)
         self._dropped = self._meta("dropped")
         self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
         self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -103,7 +128,8 @@ class SqliteBuffer:
         if held is not None:
             self._track.hold(int(held))
 
-    def _open(self, synchronous: Synchronous) -> sqlite3.Connection:
+    def _open(self, synchronous: Synchronous) -> tuple[sqlite3.Connection, bool]:
+        """The open, checked connection, and whether the file was new (had no tables)."""
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -119,7 +145,7 @@ class SqliteBuffer:
         except sqlite3.DatabaseError:
             db.close()
             raise
-        return db
+        return db, not columns
 
     def _meta(self, key: str) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
@@ -138,15 +164,53 @@ class SqliteBuffer:
         )
         return target
 
-    @staticmethod
-    def _seq_floor_after_recovery(damaged: Path) -> int:
+    def _read_mark(self) -> int | None:
+        """The ``.seq`` high-water mark, or None if there is none or it cannot be read."""
         try:
-            with sqlite3.connect(f"file:{damaged}?mode=ro", uri=True) as old:
-                return int(
-                    old.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
-                )
-        except (sqlite3.Error, TypeError):
-            return time.time_ns() // 1_000_000
+            return int(self.mark_path.read_text().strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the sequence mark %s (%s)", self.mark_path, exc)
+            return None
+
+    def _write_mark(self, mark: int) -> None:
+        """Replace the ``.seq`` file by ``mark`` durably (fsync file and directory) or raise."""
+        tmp = self.mark_path.with_name(f"{self.mark_path.name}.tmp")
+        with tmp.open("w") as f:
+            f.write(f"{mark}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.mark_path)
+        directory = os.open(self.mark_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self._mark = mark
+
+    @staticmethod
+    def _seq_floor_after_recovery(damaged: Path, mark: int | None) -> int:
+        """Above every sequence number the damaged buffer may have used (module docstring)."""
+        known = [] if mark is None else [mark]
+        for query in (
+            "SELECT value FROM meta WHERE key = 'last_seq'",
+            "SELECT max(seq) FROM readings",
+        ):
+            try:
+                with contextlib.closing(
+                    sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
+                ) as old:
+                    known.append(int(old.execute(query).fetchone()[0]))
+            except (sqlite3.Error, TypeError):
+                continue
+        if known:
+            return max(known)
+        floor = time.time_ns() // 1_000_000
+        log.warning(
+            "no sequence mark survived; sequence numbers continue at the wall clock (%d)", floor
+        )
+        return floor
 
     def append(self, readings: Sequence[Reading]) -> None:
         self.commit(readings, ())
@@ -161,6 +225,8 @@ class SqliteBuffer:
         offsets = offsets or {}
         for batch in accepted:
             self._track.require(batch)
+        if readings and readings[-1].seq > self._mark:
+            self._write_mark(readings[-1].seq + SEQ_BLOCK)  # before any number passes it
         db = self._db
         count = self._count
         db.execute("BEGIN IMMEDIATE")
@@ -205,11 +271,13 @@ class SqliteBuffer:
         """Oldest sequence numbers (not in flight) to drop so that the limits hold again."""
         limits, db, busy = self._limits, self._db, self._track.seqs
         victims: list[int] = []
-        if limits.max_age is not None and count:
-            horizon = db.execute("SELECT max(ts_ms) FROM readings").fetchone()[0] - int(
-                limits.max_age.total_seconds() * 1000
+        newest = db.execute("SELECT max(ts_ms) FROM readings WHERE synced = 1").fetchone()[0]
+        if limits.max_age is not None and newest is not None:
+            # Trusted timestamps only, on both sides (see `BufferLimits`).
+            horizon = newest - int(limits.max_age.total_seconds() * 1000)
+            rows = db.execute(
+                "SELECT seq FROM readings WHERE synced = 1 AND ts_ms < ? ORDER BY seq", (horizon,)
             )
-            rows = db.execute("SELECT seq FROM readings WHERE ts_ms < ? ORDER BY seq", (horizon,))
             victims = [seq for (seq,) in rows if seq not in busy]
         excess = 0
         if limits.max_readings is not None:

@@ -10,9 +10,20 @@ the price of losing at most one window of readings on a power cut (``commit_inte
 each call at once). Acknowledged batches stay in flight until their deletion is committed, so they
 are never handed out twice.
 
-Storage failures (disk full, I/O error) never reach the pollers: the readings of the failed window
-are counted in ``unstored`` and logged once per failure streak, and acknowledged batches are retried
-with the next window.
+Storage failures (disk full, I/O error, a damaged page) never reach the pollers and lose nothing
+at first: the failed window (readings and acknowledgements) stays in memory, ahead of what is
+staged later, and the commit is retried every ``retry_delay`` seconds (or with the next window, if
+later). What waits in memory is capped at ``max_retained`` readings: beyond it the oldest are given
+up and counted in ``unstored`` (RAM is the scarcer resource on a Pi, and the newest readings are
+the ones nothing else covers). A failure streak is logged once, naming its cause.
+
+Any other exception from a commit is a bug (readings whose sequence numbers are not above the
+stored ones, a value the storage cannot encode, an acknowledgement of a batch not in flight):
+retrying would fail the same way and hold every later reading back, so that window is given up,
+its readings counted in ``unstored``, and the exception logged with its traceback once per streak
+(repeats at DEBUG). `append` raises it to its caller instead, as before. The acknowledgements of
+such a window are not retried: those readings stay stored and go out again after a restart (a
+duplicate, never a loss).
 """
 
 from __future__ import annotations
@@ -31,16 +42,34 @@ from gateway.model import Reading
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Shortest wait before retrying a failed commit of acknowledged batches (a full disk stays full).
+#: Shortest wait before retrying a failed commit (a full disk stays full for a while).
 RETRY_DELAY = 1.0
+#: Most readings kept in memory while commits fail (about 10 MB); beyond it the oldest are lost.
+MAX_RETAINED = 50_000
+
+
+def _is_storage_error(exc: Exception) -> bool:
+    """Whether ``exc`` is about the medium (full, unwritable, damaged), not about the statement."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
+        return False
+    return isinstance(exc, sqlite3.Error | OSError)
 
 
 class BufferWorker:
     """Async facade over a `Buffer`; every storage call runs on the worker thread, in call order."""
 
-    def __init__(self, buffer: Buffer, *, commit_interval: float = 0.0) -> None:
+    def __init__(
+        self,
+        buffer: Buffer,
+        *,
+        commit_interval: float = 0.0,
+        max_retained: int = MAX_RETAINED,
+        retry_delay: float = RETRY_DELAY,
+    ) -> None:
         self.buffer = buffer
         self.commit_interval = commit_interval
+        self.max_retained = max_retained
+        self.retry_delay = retry_delay
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         self._staged: list[Reading] = []
         self._offsets: dict[int, int] = {}
@@ -48,9 +77,11 @@ class BufferWorker:
         self._timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self._failing = False
+        self._bug_logged = False
         #: Set after each commit that stored readings; the publisher waits on it instead of polling.
         self.appended = asyncio.Event()
-        #: Readings that could not be stored (storage failure); they are lost, and counted.
+        #: Readings given up (lost, and counted): beyond ``max_retained`` while the storage
+        #: fails, or in a window whose commit failed for a bug (module docstring).
         self.unstored = 0
         #: Readings dropped by the buffer's limits since this worker started.
         self.dropped_now = 0
@@ -73,9 +104,13 @@ class BufferWorker:
         self._schedule()
 
     async def append(self, readings: Sequence[Reading]) -> None:
-        """Store ``readings`` now, together with anything staged, and return once committed."""
+        """Store ``readings`` now, together with anything staged, and return once committed.
+
+        A storage error is not raised (the readings wait in memory, see the module docstring); an
+        exception that is a bug, such as sequence numbers at or below the stored ones, is.
+        """
         self._staged.extend(readings)
-        await self.flush()
+        await self._flush(reraise=True)
 
     async def end(self, batch: Batch, *, accepted: bool) -> None:
         """Acknowledge (deleted with the next commit) or reject (deliverable again at once)."""
@@ -88,11 +123,18 @@ class BufferWorker:
         else:
             await self._call(self.buffer.end, batch, accepted=False)
 
+    @property
+    def staged(self) -> int:
+        """Readings polled but not committed yet (in memory: a crash loses them)."""
+        return len(self._staged)
+
     def _schedule(self, delay: float | None = None) -> None:
         if self._timer is not None:
             return
         loop = asyncio.get_running_loop()
         wait = self.commit_interval if delay is None else delay
+        if self._failing:  # while the storage fails, a new poll does not hurry the retry
+            wait = max(wait, self.retry_delay)
         self._timer = loop.call_later(wait, self._flush_soon)
 
     def _flush_soon(self) -> None:
@@ -102,7 +144,10 @@ class BufferWorker:
         task.add_done_callback(self._flushes.discard)
 
     async def flush(self) -> None:
-        """Commit everything staged now; storage errors are counted, never raised."""
+        """Commit everything staged now; never raises (storage errors are retried, bugs logged)."""
+        await self._flush(reraise=False)
+
+    async def _flush(self, *, reraise: bool) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -113,9 +158,13 @@ class BufferWorker:
             return
         try:
             dropped = await self._call(self.buffer.commit, readings, accepted, offsets)
-        except sqlite3.Error as exc:
-            self._failed(exc, readings, accepted)
+        except Exception as exc:  # storage errors and bugs (module docstring)
+            if not _is_storage_error(exc):
+                self._gave_up(exc, readings, reraise=reraise)
+                return
+            self._failed(exc, readings, accepted, offsets)
             return
+        self._bug_logged = False
         if self._failing:
             log.info("buffer accepts readings again (%d readings lost meanwhile)", self.unstored)
             self._failing = False
@@ -127,16 +176,46 @@ class BufferWorker:
         if readings:
             self.appended.set()
 
-    def _failed(self, exc: sqlite3.Error, readings: list[Reading], accepted: list[Batch]) -> None:
-        self.unstored += len(readings)
-        self._accepted = accepted + self._accepted  # deleting them is retried with the next window
-        if self._accepted:
-            self._schedule(max(self.commit_interval, RETRY_DELAY))
+    def _failed(
+        self,
+        exc: Exception,
+        readings: list[Reading],
+        accepted: list[Batch],
+        offsets: dict[int, int],
+    ) -> None:
+        """A storage error: put the window back ahead of what was staged meanwhile, cap what
+        waits in memory (oldest given up first), retry later."""
+        self._staged = readings + self._staged
+        self._offsets = {**offsets, **self._offsets}
+        self._accepted = accepted + self._accepted
+        overflow = len(self._staged) - self.max_retained
+        if overflow > 0:
+            lost, self._staged = self._staged[:overflow], self._staged[overflow:]
+            for reading in lost:
+                self._offsets.pop(reading.seq, None)
+            self.unstored += overflow
         if not self._failing:
             log.error(
-                "cannot write the buffer (%s); polling goes on, readings are counted as lost", exc
+                "cannot write the buffer (%s); polling goes on, up to %d readings wait in memory "
+                "and the commit is retried",
+                exc,
+                self.max_retained,
             )
         self._failing = True
+        self._schedule(max(self.commit_interval, self.retry_delay))
+
+    def _gave_up(self, exc: Exception, readings: list[Reading], *, reraise: bool) -> None:
+        """A bug: the window cannot be stored as it is; count its readings, log, or re-raise."""
+        self.unstored += len(readings)
+        if reraise:
+            raise exc
+        if not self._bug_logged:
+            log.error(
+                "buffer commit failed (a bug); %d readings are lost", len(readings), exc_info=exc
+            )
+            self._bug_logged = True
+        else:
+            log.debug("buffer commit failed again; %d readings lost", len(readings), exc_info=exc)
 
     async def begin(self, limit: int, *, live: bool | None = None) -> Batch | None:
         return await self._call(self.buffer.begin, limit, live=live)
@@ -174,5 +253,12 @@ class BufferWorker:
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.flush()
-        await self._call(self.buffer.close)
-        self._pool.shutdown(wait=True)
+        if self._staged:
+            log.error("the buffer cannot store %d readings; they are lost", len(self._staged))
+            self.unstored += len(self._staged)
+            self._staged.clear()
+        try:
+            await self._call(self.buffer.close)
+        finally:
+            # Joining the thread waits for whatever still runs on it: not on the event loop.
+            await asyncio.to_thread(self._pool.shutdown, wait=True)

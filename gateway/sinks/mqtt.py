@@ -5,6 +5,11 @@ Flow: take the oldest batch not in flight from the buffer, publish one message p
 broker is away, paho keeps the unacknowledged messages and resends them on reconnect; if the
 process dies, the buffer still holds them and they are published again on start (at-least-once,
 with duplicates bounded by the in-flight window).
+
+A publisher runs once. After ``run`` ended (a crash, or a stop) the object is half-stopped: its
+client is stopped and its in-flight bookkeeping belongs to that client. A supervisor that restarts
+publishing calls `release_inflight` (the batches go back to the buffer, to be delivered again)
+and runs a `successor`, which takes over only what the status topic needs to remember.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +29,7 @@ from gateway.buffer import Batch, BufferWorker
 from gateway.config import MqttConfig
 from gateway.mqtt_client import ConnectionReporter, LoopBridge, make_client, reason_text
 from gateway.status.alarms import AlarmState
-from gateway.status.publisher import encode_alarm_event, encode_alarm_state
+from gateway.status.publisher import EventQueue, encode_alarm_event, encode_alarm_state
 from gateway.telemetry import (
     alarm_topic,
     encode_status,
@@ -38,8 +42,8 @@ from gateway.telemetry import (
 
 log = logging.getLogger(__name__)
 
-#: Alarm events kept while disconnected; older ones are dropped (their final state is retained).
-MAX_UNSENT_EVENTS = 100
+#: Readings per batch taken from the buffer (one message per device of the batch).
+BATCH_SIZE = 500
 
 
 @dataclass
@@ -48,6 +52,15 @@ class _Pending:
     mids: set[int] = field(default_factory=set)
     #: paho refused part of the batch: hand it back instead of acknowledging it.
     refused: bool = False
+
+
+@dataclass
+class StatusMemory:
+    """What a publisher remembers for the status topic; handed on to a `MqttPublisher.successor`."""
+
+    details: dict[str, Any] = field(default_factory=dict)
+    alarms: dict[tuple[str, str], AlarmState] = field(default_factory=dict)
+    unsent_events: EventQueue = field(default_factory=EventQueue)
 
 
 @dataclass
@@ -72,8 +85,10 @@ class MqttPublisher:
         config: MqttConfig,
         site: str,
         buffer: BufferWorker,
-        batch_size: int = 500,
+        batch_size: int = BATCH_SIZE,
+        memory: StatusMemory | None = None,
     ) -> None:
+        """``memory`` is what a predecessor remembered for the status topic (`successor`)."""
         self._config = config
         self._site = site
         self._buffer = buffer
@@ -81,23 +96,59 @@ class MqttPublisher:
         self._client_id = config.client_id or f"canary-gw-{site}"
         self._status_topic = status_topic(config.topic_prefix, site)
         self._by_mid: dict[int, _Pending] = {}
+        #: Batches begun and not yet handed to ``buffer.end``, by id (`release_inflight`).
+        self._begun: dict[int, Batch] = {}
         self._inflight_messages = 0
         self._window_open = asyncio.Event()
         self._window_open.set()
         self._end_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._client: mqtt.Client | None = None
-        self._details: dict[str, Any] = {}
+        memory = memory or StatusMemory()
+        self._details = memory.details
         #: Counters for the offline status of a clean stop (set by the caller before it cancels
         #: `run`); the last will, fixed at connect, carries none.
         self.final_details: Mapping[str, Any] | None = None
-        self._alarms: dict[tuple[str, str], AlarmState] = {}
-        #: Alarm events raised while disconnected, sent on connect (bounded: newest kept).
-        self._unsent_events: deque[AlarmState] = deque(maxlen=MAX_UNSENT_EVENTS)
+        self._alarms = memory.alarms
+        #: Alarm events raised while disconnected, sent on connect (bounded, see `EventQueue`).
+        self._unsent_events = memory.unsent_events
         self._report = ConnectionReporter(logger=log, host=config.host, port=config.port)
         self._progress = asyncio.Event()
         self.connected = asyncio.Event()
         self.stats = PublisherStats()
+
+    def successor(self) -> MqttPublisher:
+        """A new publisher with the same settings, for a restart after this one's ``run`` ended.
+
+        It takes over the status memory (the last counters, the alarm states and the alarm events
+        not sent yet), so that a restart neither forgets an active alarm nor its events; nothing
+        of this publisher's client or in-flight bookkeeping.
+        """
+        memory = StatusMemory(
+            details=self._details, alarms=self._alarms, unsent_events=self._unsent_events
+        )
+        return MqttPublisher(
+            config=self._config,
+            site=self._site,
+            buffer=self._buffer,
+            batch_size=self._batch_size,
+            memory=memory,
+        )
+
+    async def release_inflight(self) -> None:
+        """Hand every batch still in flight back to the buffer (not acknowledged).
+
+        For a restart: this publisher's client is gone, so no acknowledgement will come for them,
+        and in the buffer they would stay in flight (never handed out again) until the process
+        restarts. Returned, the successor publishes them again first (duplicates, not losses).
+        """
+        if self._end_tasks:
+            await asyncio.gather(*self._end_tasks, return_exceptions=True)
+        batches, self._begun = list(self._begun.values()), {}
+        self._by_mid.clear()
+        self._inflight_messages = 0
+        for batch in batches:
+            await self._buffer.end(batch, accepted=False)
 
     async def run(self) -> None:
         """Connect (retrying forever in the background) and publish until cancelled."""
@@ -149,6 +200,7 @@ class MqttPublisher:
             await self._publish(client, batch)
 
     async def _publish(self, client: mqtt.Client, batch: Batch) -> None:
+        self._begun[batch.id] = batch
         pending = _Pending(batch)
         for device, readings in group_by_device(batch.readings).items():
             payload = encode_telemetry(self._site, device, readings)
@@ -167,6 +219,7 @@ class MqttPublisher:
             self.stats.payload_bytes += len(payload)
             self.stats.readings_sent += len(readings)
         if not pending.mids:
+            del self._begun[batch.id]
             await self._buffer.end(batch, accepted=False)
             await asyncio.sleep(1.0)
             return
@@ -240,6 +293,7 @@ class MqttPublisher:
         self.stats.messages_acked += 1
         pending.mids.discard(mid)
         if not pending.mids:
+            self._begun.pop(pending.batch.id, None)
             accepted = not pending.refused
             if accepted:
                 self.stats.readings_acked += len(pending.batch.readings)
@@ -267,8 +321,8 @@ class MqttPublisher:
         self._client = client
         self.publish_status(self._details)
         self.connected.set()
-        while self._unsent_events:
-            self._send_event(self._unsent_events.popleft())
+        for state in self._unsent_events.drain():
+            self._send_event(state)
         for state in self._alarms.values():  # retained states survive a broker restart too
             self._send_state(state)
 

@@ -527,3 +527,98 @@ def test_cancellation_closes_every_driver() -> None:
     assert trace.kinds("stuck")[-2:] == ["poll-cancelled", "close"]
     assert not ok.is_open and not stuck.is_open and not absent.is_open
     assert trace.kinds("absent")[-1] == "close", "a driver whose open() failed is closed too"
+
+
+class BuggyDriver(FakeDriver):
+    """A `FakeDriver` whose open() and close() can raise exceptions no driver should raise."""
+
+    def __init__(self, *args: object, open_bugs: int = 0, close_bugs: int = 0, **kw: object):
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.open_bugs = open_bugs
+        self.close_bugs = close_bugs
+
+    async def open(self) -> None:
+        if self.open_bugs:
+            self.open_bugs -= 1
+            await self.trace.record(self.name, "open-failed")
+            raise ZeroDivisionError("division by zero")
+        await super().open()
+
+    async def close(self) -> None:
+        await super().close()
+        if self.close_bugs:
+            self.close_bugs -= 1
+            raise ValueError("close() is broken too")
+
+
+def test_a_driver_bug_is_contained_to_its_device_counted_logged_once_and_backed_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception that is not a DeviceError (a bug) from one driver's open() or poll() must not
+    stop the bus: the device is counted under "internal", logged once per failure streak (one
+    WARNING line, the traceback at DEBUG), closed and backed off; its neighbours keep their grid
+    and are never reopened; no sequence number is spent on a broken answer."""
+    caplog.set_level(logging.DEBUG, logger="gateway.scheduler")
+    clock = RecordingClock()
+    interval = 0.05
+
+    async def buggy_poll(call: int) -> Mapping[str, Value]:
+        if call == 1:
+            raise RuntimeError("the decoder has a bug")
+        if call == 2:
+            return None  # type: ignore[return-value]  # not a mapping: a bug too
+        if call == 3:
+            raise KeyError("register 40001")
+        return {"temp": float(call)}
+
+    async def main() -> tuple[Trace, DeviceState, DeviceState, DeviceState]:
+        trace = Trace()
+        buggy = BuggyDriver("buggy", trace, behaviour=buggy_poll, close_bugs=1)
+        unopenable = BuggyDriver("unopenable", trace, open_bugs=2)
+        healthy = FakeDriver("healthy", trace)
+        states = [
+            device(buggy, interval=interval),
+            device(unopenable, interval=interval),
+            device(healthy, interval=interval),
+        ]
+        bus = poller(trace, states, clock=clock, rng=ScriptedRandom(0))
+        async with running(bus) as task:
+            await trace.wait_until(
+                lambda: (
+                    trace.polled("buggy") >= 2
+                    and trace.polled("unopenable") >= 2
+                    and trace.count("healthy", "poll") >= 12
+                )
+            )
+            assert not task.done(), "a driver bug stopped the bus task"
+        return trace, states[0], states[1], states[2]
+
+    trace, buggy, unopenable, healthy = asyncio.run(main())
+
+    assert buggy.errors == Counter({"internal": 3})
+    assert unopenable.errors == Counter({"internal": 2})
+    assert healthy.errors == Counter()
+    assert buggy.available and unopenable.available
+    # The neighbour was opened once and never closed until the end, and kept its grid.
+    assert trace.kinds("healthy").count("open") == 1
+    assert "close" not in trace.kinds("healthy")[:-1]
+    ks = [k for k, _ in grid_slots(trace.times("healthy", "poll"), clock.start, interval)]
+    assert ks == list(range(len(ks))), f"healthy device skipped slots: {ks}"
+    # The buggy device was closed and reopened after each bug, like after a timeout.
+    assert trace.kinds("buggy")[:4] == ["open", "poll", "close", "open"]
+    # Broken answers spent no sequence number.
+    assert [r.seq for r in trace.readings] == list(range(1, len(trace.readings) + 1))
+    records = scheduler_records(caplog)
+    for name, cause in (("buggy", RuntimeError), ("unopenable", ZeroDivisionError)):
+        mine = [r for r in records if r.getMessage().startswith(f"device {name}")]
+        warnings = [r for r in mine if r.levelno == logging.WARNING]
+        debug = [r for r in mine if r.levelno == logging.DEBUG]
+        assert len(warnings) == 1, [r.getMessage() for r in mine]
+        assert "internal" in warnings[0].getMessage()
+        assert cause.__name__ in warnings[0].getMessage()
+        assert warnings[0].exc_info is None, "the WARNING is one line; the traceback is at DEBUG"
+        assert len(debug) == 1 and debug[0].exc_info is not None
+        assert isinstance(debug[0].exc_info[1], cause)
+        assert [r.levelno for r in mine if r.levelno == logging.INFO] == [logging.INFO]
+    assert not [r for r in records if "healthy" in r.getMessage()]
+    assert not [r for r in records if r.levelno >= logging.ERROR]
