@@ -153,8 +153,10 @@ def test_gateway_killed_and_restarted_against_a_separate_simulator_process(
         last_seq, pending = buffer_state(tmp_path / "buffer.sqlite3")
         assert pending == 0
         wait_until(
-            lambda: not unexplained(
-                {r["seq"] for r in capture.readings()}, last_seq, capture.declared_gaps()
+            lambda: (
+                not unexplained(
+                    {r["seq"] for r in capture.readings()}, last_seq, capture.declared_gaps()
+                )
             ),
             timeout=20,
             what="every reading on the broker",
