@@ -29,9 +29,9 @@ from tests.gateway.test_buffer import reading, readings, seqs_of
 WINDOW = 0.2
 
 
-async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
+async def until(predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
     """Wait for ``predicate`` with a deadline (no fixed sleeps)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = predicate()
         if not isinstance(result, bool):
