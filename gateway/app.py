@@ -21,7 +21,9 @@ from typing import Any
 
 from gateway import counters
 from gateway.buffer import BufferLimits, BufferWorker, SqliteBuffer
+from gateway.buffer.base import Gap
 from gateway.buffer.sqlite import current_boot_id
+from gateway.buffer.writebehind import WriteBehind
 from gateway.clock import (
     TIMESYNCD_FLAG,
     ClockMonitor,
@@ -56,12 +58,15 @@ class GatewayRuntime:
     """What a running gateway exposes to its caller (the CLI, the demo, tests)."""
 
     config: GatewayConfig
-    buffer: BufferWorker
+    buffer: WriteBehind
     publisher: MqttPublisher
     pollers: list[BusPoller]
     keeper: TimeKeeper
     #: The shared transports (RS-485 lines, Modbus TCP endpoints, I2C buses) by key.
     buses: BusRegistry
+    sequence: SequenceCounter
+    #: Gaps declared at start-up after an unclean stop (reported in status, announced on events).
+    declared: list[Gap]
     #: Where a damaged buffer file was moved at start-up, if one was found (reported in status).
     recovered_from: Path | None = None
 
@@ -87,12 +92,7 @@ async def run_gateway(
         # Off the loop: opening runs PRAGMA quick_check over the whole file (seconds on a slow
         # card with a large backlog), and may move a damaged file aside.
         storage = await asyncio.to_thread(_open_buffer, config.buffer)
-        buffer = BufferWorker(storage, commit_interval=config.buffer.commit_interval)
-        stack.push_async_callback(buffer.close)
-        pending = await buffer.pending()
-        if pending:
-            log.info("buffer holds %d readings from before; publishing them first", pending)
-        sequence = SequenceCounter(await buffer.last_seq())
+        buffer, sequence = await _delivery(storage, config.buffer, stack)
         publisher = MqttPublisher(config=config.mqtt, site=config.site.id, buffer=buffer)
         monitor = monitor or ClockMonitor(
             sync_generation=sync_source(config.clock), step_tolerance=config.clock.step_tolerance
@@ -106,6 +106,8 @@ async def run_gateway(
             pollers=[],
             keeper=keeper,
             buses=buses,
+            sequence=sequence,
+            declared=await buffer.declared_gaps(),
             recovered_from=storage.recovered_from,
         )
         sink = _sink(buffer, keeper, display)
@@ -141,7 +143,8 @@ async def run_gateway(
             pending, dropped = await buffer.pending(), await buffer.dropped()
             runtime.publisher.final_details = status_details(runtime, pending, dropped)
             mqtt_task.cancel()
-        last_seq, left = await buffer.last_seq(), await buffer.pending()
+        await buffer.finish(sequence.last)  # a clean stop: the next start declares no gap
+        last_seq, left = sequence.last, await buffer.pending()
         if drained:
             log.info("stopped: last sequence number %d; buffer empty", last_seq)
         else:
@@ -198,6 +201,23 @@ def _pollers(
     ]
 
 
+async def _delivery(
+    storage: SqliteBuffer, config: BufferConfig, stack: AsyncExitStack
+) -> tuple[WriteBehind, SequenceCounter]:
+    """The write-behind buffer over ``storage``, and the sequence counter reserving in it."""
+    interval = config.commit_interval
+    buffer = WriteBehind(BufferWorker(storage, commit_interval=interval), commit_interval=interval)
+    stack.push_async_callback(buffer.close)
+    await buffer.start()
+    pending = await buffer.pending()
+    if pending:
+        log.info("buffer holds %d readings from before; publishing them first", pending)
+    sequence = SequenceCounter(
+        await buffer.seq_floor(), reserve=lambda upto, last: buffer.reserve(upto, last=last)
+    )
+    return buffer, sequence
+
+
 def _open_buffer(config: BufferConfig) -> SqliteBuffer:
     limits = BufferLimits(
         max_readings=config.max_readings,
@@ -210,7 +230,7 @@ def _open_buffer(config: BufferConfig) -> SqliteBuffer:
 
 
 def _sink(
-    buffer: BufferWorker, keeper: TimeKeeper, display: StatusService | None
+    buffer: WriteBehind, keeper: TimeKeeper, display: StatusService | None
 ) -> Callable[[Sequence[Reading]], Awaitable[None]]:
     """Hand a poll's readings to the buffer's next group commit, then show them locally.
 
@@ -251,6 +271,8 @@ def status_details(runtime: GatewayRuntime, pending: int, dropped: int) -> dict[
         dropped=dropped,
         unstored=runtime.buffer.unstored,
         recovered_from=runtime.recovered_from,
+        declared=[(gap.from_seq, gap.to_seq) for gap in runtime.declared],
+        unreserved=runtime.sequence.unreserved,
     )
 
 

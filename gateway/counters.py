@@ -47,6 +47,8 @@ def status_details(
     dropped: int,
     unstored: int,
     recovered_from: Path | None,
+    declared: Iterable[tuple[int, int]] = (),
+    unreserved: int = 0,
 ) -> dict[str, Any]:
     """The whole counter document merged into the status payload."""
     return {
@@ -55,6 +57,8 @@ def status_details(
             "dropped": dropped,
             "unstored": unstored,
             "recovered_from": str(recovered_from) if recovered_from else None,
+            "declared_lost": [list(gap) for gap in declared],
+            "unreserved": unreserved,
         },
         "devices": {state.id: device_counters(state) for state in devices},
         "lines": line_counters(buses),

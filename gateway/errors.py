@@ -117,6 +117,10 @@ FAULT_CLASSES = (
 )
 
 
+class StorageError(GatewayError):
+    """The durable buffer could not be written (disk full, I/O error, damaged card)."""
+
+
 class SinkError(GatewayError):
     """A sink (MQTT broker, time-series store) did not accept data.
 

@@ -25,7 +25,6 @@ bus and reset, for example, a particle sensor's warm-up).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import time
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from drivers.base import Driver
-from gateway.errors import DeviceError, DeviceNotReady, DeviceTimeout
+from gateway.errors import DeviceError, DeviceNotReady, DeviceTimeout, StorageError
 from gateway.model import Quality, Reading, Value, utc_ms
 
 log = logging.getLogger(__name__)
@@ -54,15 +53,75 @@ class DriverBug(DeviceError):
     kind = "internal"
 
 
-class SequenceCounter:
-    """Hands out the per-gateway sequence numbers, starting above the buffer's high-water mark."""
+#: Sequence numbers reserved durably at a time (see `SequenceCounter`).
+SEQ_BLOCK = 1000
 
-    def __init__(self, last: int) -> None:
-        self._next = itertools.count(last + 1)
+
+class SequenceCounter:
+    """Hands out the per-gateway sequence numbers, above the buffer's floor.
+
+    With ``reserve`` (`gateway.buffer.writebehind.WriteBehind.reserve`), numbers are reserved
+    durably in blocks of ``block`` before they are used, so that after any unclean stop numbering
+    continues above every number that may have been handed out: a gap, never a reuse. A new block
+    is reserved in the background when half of the current one is used; `ensure` waits only if
+    the card has not confirmed it by the time the numbers are needed. If the reservation fails
+    (the card refuses writes), numbering goes on beyond it: polling never stops for it, the
+    failure is logged once, and ``unreserved`` counts the numbers at risk of reuse after a crash.
+    """
+
+    def __init__(
+        self,
+        last: int,
+        *,
+        reserve: Callable[[int, int], Awaitable[None]] | None = None,
+        block: int = SEQ_BLOCK,
+    ) -> None:
+        self._last = last
+        self._reserve = reserve
+        self._reserved = last
+        self._block = block
+        self._refill: asyncio.Task[None] | None = None
+        self._failing = False
+        self.unreserved = 0
+
+    @property
+    def last(self) -> int:
+        """The last number handed out (the floor before the first)."""
+        return self._last
+
+    async def ensure(self, count: int) -> None:
+        """Make sure the next ``count`` numbers are reserved; refills ahead of need."""
+        if self._reserve is None:
+            return
+        if self._refill is None and self._last + count > self._reserved - self._block // 2:
+            upto = max(self._reserved, self._last + count) + self._block
+            self._refill = asyncio.get_running_loop().create_task(
+                self._extend(upto), name="seq-reserve"
+            )
+        while self._last + count > self._reserved and self._refill is not None:
+            await asyncio.shield(self._refill)
+
+    async def _extend(self, upto: int) -> None:
+        assert self._reserve is not None  # only started with a reserve callback
+        try:
+            await self._reserve(upto, self._last)
+        except StorageError as exc:  # a storage failure must not stop polling
+            if not self._failing:
+                log.error("cannot reserve sequence numbers (%s); numbering goes on", exc)
+            self._failing = True
+            self.unreserved += upto - self._reserved
+        else:
+            if self._failing:
+                log.info("sequence numbers are reserved durably again")
+            self._failing = False
+        finally:
+            self._reserved = max(self._reserved, upto)
+            self._refill = None
 
     def next(self) -> int:
         """The next unused sequence number."""
-        return next(self._next)
+        self._last += 1
+        return self._last
 
 
 @dataclass
@@ -166,6 +225,7 @@ class BusPoller:
         except Exception as exc:  # a driver bug: contained to this device (module docstring)
             await self._failed(device, _bug("poll", exc))
             return
+        await self._sequence.ensure(len(device.driver.metrics))
         ts, synced = self._stamp()
         await self._sink(self._readings(device, answer, utc_ms(ts), synced))
         self._succeeded(device, due)

@@ -9,7 +9,8 @@ Topics (``P`` = ``[mqtt] topic_prefix``, ``S`` = site id, ``D`` = device id):
 - ``P/S/status``      — QoS 1, retained: the gateway's birth message, replaced by the last will.
 - ``P/S/deadletter``  — QoS 1: payloads the bridge could not accept, with the reason.
 - ``P/S/alarms/D/A`` — QoS 1, retained: state of alarm A of device D (``gateway.status``).
-- ``P/S/events``      — QoS 1, not retained: alarms raised and cleared.
+- ``P/S/events``      — QoS 1, not retained: alarms raised and cleared, and the ranges of
+  sequence numbers that may hold readings lost in an unclean stop (``readings_lost``).
 """
 
 from __future__ import annotations
@@ -178,3 +179,54 @@ def decode_telemetry(payload: bytes, *, topic_site: str, topic_device: str) -> l
             )
         )
     return readings
+
+
+def encode_gap_event(site: str, *, from_seq: int, to_seq: int, reason: str, ts: datetime) -> bytes:
+    """The ``P/S/events`` payload declaring that readings ``from_seq..to_seq`` may be lost
+    (gateway/schema/gap.json)."""
+    body = {
+        "v": SCHEMA_VERSION,
+        "type": "readings_lost",
+        "site": site,
+        "from_seq": from_seq,
+        "to_seq": to_seq,
+        "reason": reason,
+        "ts": iso_ms(ts),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class GapEvent(BaseModel):
+    """A decoded ``readings_lost`` event (see `encode_gap_event`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    v: Literal[1]
+    type: Literal["readings_lost"]
+    site: str
+    from_seq: Annotated[int, Field(ge=1)]
+    to_seq: Annotated[int, Field(ge=1)]
+    reason: str
+    ts: str
+
+
+def decode_gap_event(payload: bytes) -> GapEvent | None:
+    """The gap declared by an events payload, or None if it is another kind of event.
+
+    Raises `TelemetryError` for a ``readings_lost`` event that does not follow the contract.
+    """
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TelemetryError(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict) or body.get("type") != "readings_lost":
+        return None
+    try:
+        event = GapEvent.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise TelemetryError(f"{where}: {first['msg']}") from exc
+    if event.to_seq < event.from_seq:
+        raise TelemetryError(f"to_seq {event.to_seq} is below from_seq {event.from_seq}")
+    return event

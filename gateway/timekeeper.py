@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.buffer import BufferWorker
+from gateway.buffer.writebehind import WriteBehind
 from gateway.clock import ClockMonitor
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class TimeKeeper:
         self,
         *,
         monitor: ClockMonitor,
-        buffer: BufferWorker,
+        buffer: WriteBehind,
         hold_seconds: float,
         period: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,

@@ -44,6 +44,22 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class Gap:
+    """A range of sequence numbers that may hold readings lost in an unclean stop.
+
+    Declared by the buffer when it opens after a crash or power cut: every number in
+    ``[from_seq, to_seq]`` may have been handed out to a reading that was neither stored durably
+    nor acknowledged by the broker. Numbers above ``to_seq`` are new. ``ts_ms`` is when the gap
+    was declared (wall clock, epoch ms).
+    """
+
+    from_seq: int
+    to_seq: int
+    reason: str
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class BufferLimits:
     """Caps on the buffer; ``None`` means unbounded.
 
@@ -70,11 +86,15 @@ class Buffer(Protocol):
         readings: Sequence[Reading],
         accepted: Sequence[Batch],
         offsets: Mapping[int, int] | None = None,
+        adopted: Sequence[Batch] = (),
     ) -> int:
         """One transaction: store ``readings``, forget the ``accepted`` batches, apply the limits.
 
         ``offsets`` maps the seq of each reading with ``time_synced=False`` to the clock offset
         (ms) of its poll; such readings are held. One without an offset is stored released.
+        ``adopted`` are batches a sink already holds (handed out from memory before they were
+        stored, see `gateway.buffer.writebehind`): their readings are among ``readings`` and are
+        registered as in flight under the same batch, so ``end(batch)`` works on them.
 
         Returns how many readings the limits dropped. The accepted batches leave the in-flight set
         only when the transaction succeeded; on failure nothing changes.
@@ -100,7 +120,36 @@ class Buffer(Protocol):
         """Readings stored, in flight or not."""
 
     def last_seq(self) -> int:
-        """Highest sequence number ever stored (0 for a new buffer), surviving deletes and restarts."""
+        """Highest sequence number ever stored (0 for a new buffer), surviving deletes and restarts;
+        after a clean stop also the last number handed out (see `finish`)."""
+
+    def held_from(self) -> int | None:
+        """The first held reading's seq while readings are held (see above), else None."""
+
+    def seq_floor(self) -> int:
+        """Numbering continues above this: every number at or below it may have been used.
+
+        The maximum of `last_seq` and the durable reservation (`reserve`), so that numbers handed
+        out but never stored (a crash, a power cut) are never used again.
+        """
+
+    def reserve(self, upto: int, *, safe: int) -> None:
+        """Durably record that numbers up to ``upto`` may be handed out, and that every reading
+        numbered up to ``safe`` is stored or delivered.
+
+        Durable whatever ``synchronous`` says (the reservation is synced to the card), so that the
+        floor after a power cut is never below a number that was used.
+        """
+
+    def finish(self, last: int) -> None:
+        """Record a clean stop after ``last`` was the last number handed out: the next start
+        continues at ``last + 1`` and declares no gap."""
+
+    def declared_gaps(self) -> list[Gap]:
+        """Gaps declared after unclean stops and not yet confirmed delivered (`gap_published`)."""
+
+    def gap_published(self, gap: Gap) -> None:
+        """Forget ``gap``: the broker acknowledged its announcement."""
 
     def dropped(self) -> int:
         """Readings dropped by the limits, ever (persisted)."""
@@ -176,6 +225,11 @@ class InflightTracker:
         """Make everything up to ``last_seq`` backlog."""
         self.boundary = max(self.boundary, last_seq)
         self.live_cursor = max(self.live_cursor, self.boundary)
+
+    def adopt(self, batch: Batch) -> None:
+        """Register ``batch``, handed out before it was stored, as in flight."""
+        self.inflight[batch.id] = batch
+        self.seqs.update(r.seq for r in batch.readings)
 
     def open(self, readings: Sequence[Reading]) -> Batch | None:
         """Register a batch made of ``readings`` (in seq order)."""

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
-from gateway.buffer.base import Batch, BufferLimits, InflightTracker, check_sequence
+from gateway.buffer.base import Batch, BufferLimits, Gap, InflightTracker, check_sequence
 from gateway.model import Reading
 
 
@@ -28,6 +28,7 @@ class MemoryBuffer:
         self._track = InflightTracker()
         #: seq -> clock offset (ms) of held readings.
         self._held: dict[int, int] = {}
+        self._reserved = 0
 
     def append(self, readings: Sequence[Reading]) -> None:
         self.commit(readings, ())
@@ -37,10 +38,13 @@ class MemoryBuffer:
         readings: Sequence[Reading],
         accepted: Sequence[Batch],
         offsets: Mapping[int, int] | None = None,
+        adopted: Sequence[Batch] = (),
     ) -> int:
         check_sequence(readings, self._last_seq)
         for batch in accepted:
             self._track.require(batch)
+        for batch in adopted:
+            self._track.adopt(batch)
         offsets = offsets or {}
         for reading in readings:
             self._rows[reading.seq] = reading
@@ -129,6 +133,24 @@ class MemoryBuffer:
 
     def dropped(self) -> int:
         return self._dropped
+
+    def held_from(self) -> int | None:
+        return self._track.held_from
+
+    def seq_floor(self) -> int:
+        return max(self._reserved, self._last_seq)
+
+    def reserve(self, upto: int, *, safe: int) -> None:
+        self._reserved = max(self._reserved, upto)
+
+    def finish(self, last: int) -> None:
+        self._reserved = self._last_seq = max(last, self._last_seq)
+
+    def declared_gaps(self) -> list[Gap]:
+        return []  # nothing survives a restart, so nothing is declared
+
+    def gap_published(self, gap: Gap) -> None:
+        return None
 
     def close(self) -> None:
         self._rows.clear()

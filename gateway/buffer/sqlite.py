@@ -12,6 +12,14 @@ file. docs/benchmarks.md has the measured cost of each.
 The high-water sequence number and the drop counter live in the ``meta`` table, updated in the same
 transaction as the rows, so sequence numbers never repeat, even after every row was delivered.
 
+Sequence numbers are *reserved* in blocks before use (`reserve`, one small transaction synced to
+the card whatever ``synchronous`` says), because with write-behind delivery most readings are never
+stored: the floor after a crash is the reservation, not the last stored row, so numbers handed out
+but lost in a crash are never used again. The file is marked running at open and clean by
+`finish`; opening a file that was not finished declares the range ``(safe, reserved]`` as a `Gap`
+(kept in the ``gaps`` table until its announcement was acknowledged), so a consumer can tell an
+explained gap from a loss.
+
 A file that SQLite cannot open, or whose ``quick_check`` fails, is renamed to
 ``<name>.corrupt-<time>`` and a fresh buffer is started: a damaged card must not put the gateway into
 a crash loop. Sequence numbers then continue above everything possibly used before, which must come
@@ -35,11 +43,11 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.buffer.base import Batch, BufferLimits, InflightTracker, check_sequence
+from gateway.buffer.base import Batch, BufferLimits, Gap, InflightTracker, check_sequence
 from gateway.model import Quality, Reading, Value, from_epoch_ms, to_epoch_ms
 
 log = logging.getLogger(__name__)
@@ -64,6 +72,16 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0), ('dropped', 0), ('boot', 0);
+-- Sequence-number reservation (see the module docstring): numbers up to 'reserved' may have
+-- been handed out; every reading up to 'safe' was stored or delivered; 'clean' is 1 after a
+-- clean stop and 0 while a gateway runs.
+INSERT OR IGNORE INTO meta (key, value) VALUES ('reserved', 0), ('safe', 0), ('clean', 1);
+CREATE TABLE IF NOT EXISTS gaps (
+    from_seq INTEGER PRIMARY KEY,
+    to_seq   INTEGER NOT NULL,
+    reason   TEXT    NOT NULL,
+    ts_ms    INTEGER NOT NULL
+);
 """
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -84,10 +102,13 @@ class SqliteBuffer:
         synchronous: Synchronous = "FULL",
         limits: BufferLimits | None = None,
         boot_id: int = 0,
+        declared_at_ms: int | None = None,
     ) -> None:
         """``boot_id`` identifies this boot (see `current_boot_id`): readings held in an earlier
-        boot cannot be re-stamped (the monotonic clock restarted) and are released at once."""
+        boot cannot be re-stamped (the monotonic clock restarted) and are released at once.
+        ``declared_at_ms`` stamps a gap declared at open (default: the wall clock now)."""
         self.path = path
+        self._synchronous = synchronous
         self._limits = limits or BufferLimits()
         #: Where a damaged previous file was moved to, if one was found at start-up.
         self.recovered_from: Path | None = None
@@ -127,6 +148,82 @@ class SqliteBuffer:
         held = self._db.execute("SELECT min(seq) FROM readings WHERE synced = 0").fetchone()[0]
         if held is not None:
             self._track.hold(int(held))
+        self._reserved = max(self._meta("reserved"), self._last_seq)
+        self._start_run(declared_at_ms)
+
+    def _start_run(self, declared_at_ms: int | None) -> None:
+        """Mark the file running; after an unclean stop, declare the numbers that may be lost."""
+        unclean = self._meta("clean") == 0
+        # Readings are written in sequence order (a prefix of what is unacknowledged), so a
+        # stored reading proves every number below it stored or delivered.
+        safe = max(self._meta("safe"), self._last_seq)
+        with self._durable():
+            if unclean and self._reserved > safe:
+                ts_ms = declared_at_ms if declared_at_ms is not None else time.time_ns() // 10**6
+                self._db.execute(
+                    "INSERT OR REPLACE INTO gaps VALUES (?, ?, 'unclean_stop', ?)",
+                    (safe + 1, self._reserved, ts_ms),
+                )
+                log.warning(
+                    "the last stop was not clean: readings %d..%d may be lost; declared as a gap",
+                    safe + 1,
+                    self._reserved,
+                )
+            self._db.execute("UPDATE meta SET value = 0 WHERE key = 'clean'")
+            self._db.execute(
+                "UPDATE meta SET value = ? WHERE key IN ('reserved', 'safe')", (self._reserved,)
+            )
+
+    @contextlib.contextmanager
+    def _durable(self) -> Iterator[None]:
+        """One transaction synced to the card even under ``synchronous=NORMAL``.
+
+        In WAL mode a FULL commit syncs the log, which also makes every earlier commit durable.
+        """
+        db = self._db
+        db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+
+    def held_from(self) -> int | None:
+        return self._track.held_from
+
+    def seq_floor(self) -> int:
+        return max(self._reserved, self._last_seq)
+
+    def reserve(self, upto: int, *, safe: int) -> None:
+        with self._durable():
+            self._db.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE key = 'reserved'", (upto,)
+            )
+            self._db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'safe'", (safe,))
+        self._reserved = max(self._reserved, upto)
+
+    def finish(self, last: int) -> None:
+        last = max(last, self._last_seq)
+        with self._durable():
+            self._db.execute(
+                "UPDATE meta SET value = ? WHERE key IN ('reserved', 'safe', 'last_seq')", (last,)
+            )
+            self._db.execute("UPDATE meta SET value = 1 WHERE key = 'clean'")
+        self._reserved = self._last_seq = last
+
+    def declared_gaps(self) -> list[Gap]:
+        rows = self._db.execute("SELECT * FROM gaps ORDER BY from_seq").fetchall()
+        return [Gap(int(a), int(b), str(reason), int(ts)) for a, b, reason, ts in rows]
+
+    def gap_published(self, gap: Gap) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM gaps WHERE from_seq = ?", (gap.from_seq,))
 
     def _open(self, synchronous: Synchronous) -> tuple[sqlite3.Connection, bool]:
         """The open, checked connection, and whether the file was new (had no tables)."""
@@ -220,6 +317,7 @@ class SqliteBuffer:
         readings: Sequence[Reading],
         accepted: Sequence[Batch],
         offsets: Mapping[int, int] | None = None,
+        adopted: Sequence[Batch] = (),
     ) -> int:
         check_sequence(readings, self._last_seq)
         offsets = offsets or {}
@@ -241,7 +339,7 @@ class SqliteBuffer:
             gone = [(r.seq,) for batch in accepted for r in batch.readings]
             if gone:
                 count -= db.executemany("DELETE FROM readings WHERE seq = ?", gone).rowcount
-            victims = self._victims(count)
+            victims = self._victims(count, {r.seq for b in adopted for r in b.readings})
             if victims:
                 db.executemany("DELETE FROM readings WHERE seq = ?", [(s,) for s in victims])
                 db.execute(
@@ -260,6 +358,8 @@ class SqliteBuffer:
             held = [r.seq for r in readings if not r.time_synced and r.seq in offsets]
             if held:
                 self._track.hold(held[0])
+        for batch in adopted:
+            self._track.adopt(batch)
         for batch in accepted:
             self._track.close(batch, accepted=True)
         if victims:
@@ -267,9 +367,10 @@ class SqliteBuffer:
             self._track.forget_returned(victims)
         return len(victims)
 
-    def _victims(self, count: int) -> list[int]:
-        """Oldest sequence numbers (not in flight) to drop so that the limits hold again."""
-        limits, db, busy = self._limits, self._db, self._track.seqs
+    def _victims(self, count: int, adopting: set[int]) -> list[int]:
+        """Oldest sequence numbers (not in flight, nor ``adopting``) to drop so that the limits
+        hold again."""
+        limits, db, busy = self._limits, self._db, self._track.seqs | adopting
         victims: list[int] = []
         newest = db.execute("SELECT max(ts_ms) FROM readings WHERE synced = 1").fetchone()[0]
         if limits.max_age is not None and newest is not None:

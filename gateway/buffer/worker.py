@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from gateway.buffer.base import Batch, Buffer
+from gateway.buffer.base import Batch, Buffer, Gap
 from gateway.model import Reading
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,71 @@ class BufferWorker:
 
     async def dropped(self) -> int:
         return await self._call(self.buffer.dropped)
+
+    async def store(
+        self,
+        readings: Sequence[Reading],
+        *,
+        adopted: Sequence[Batch] = (),
+        offsets: dict[int, int] | None = None,
+    ) -> bool:
+        """Store ``readings`` now (with what is staged and acknowledged), registering the
+        ``adopted`` batches as in flight; True once committed, False if the storage failed (the
+        caller still holds the readings and tries again later; nothing is counted here)."""
+        self._staged.extend(readings)
+        self._offsets.update(offsets or {})
+        staged, self._staged = self._staged, []
+        accepted, self._accepted = self._accepted, []
+        offsets_now, self._offsets = self._offsets, {}
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            dropped = await self._call(self.buffer.commit, staged, accepted, offsets_now, adopted)
+        except sqlite3.Error as exc:
+            self._accepted = accepted + self._accepted
+            if self._accepted:
+                self._schedule(max(self.commit_interval, RETRY_DELAY))
+            if not self._failing:
+                log.error("cannot write the buffer (%s); readings stay in memory meanwhile", exc)
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("buffer accepts readings again")
+            self._failing = False
+        if dropped:
+            self._dropped(dropped)
+        if staged:
+            self.appended.set()
+        return True
+
+    def _dropped(self, dropped: int) -> None:
+        self.dropped_now += dropped
+        log.warning("buffer full: dropped the %d oldest undelivered readings", dropped)
+        if self.on_dropped is not None:
+            self.on_dropped(dropped)
+
+    async def held_from(self) -> int | None:
+        """See `gateway.buffer.Buffer.held_from`."""
+        return await self._call(self.buffer.held_from)
+
+    async def seq_floor(self) -> int:
+        """See `gateway.buffer.Buffer.seq_floor`."""
+        return await self._call(self.buffer.seq_floor)
+
+    async def reserve(self, upto: int, *, safe: int) -> None:
+        """See `gateway.buffer.Buffer.reserve`; raises the storage's error."""
+        await self._call(self.buffer.reserve, upto, safe=safe)
+
+    async def finish(self, last: int) -> None:
+        """See `gateway.buffer.Buffer.finish`; raises the storage's error."""
+        await self._call(self.buffer.finish, last)
+
+    async def declared_gaps(self) -> list[Gap]:
+        return await self._call(self.buffer.declared_gaps)
+
+    async def gap_published(self, gap: Gap) -> None:
+        await self._call(self.buffer.gap_published, gap)
 
     async def close(self) -> None:
         """Commit what is staged, then release the storage and join the thread."""

@@ -25,13 +25,17 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from gateway import __version__
-from gateway.buffer import Batch, BufferWorker
+from gateway.buffer import Batch
+from gateway.buffer.base import Gap
+from gateway.buffer.writebehind import WriteBehind
 from gateway.config import MqttConfig
+from gateway.model import from_epoch_ms
 from gateway.mqtt_client import ConnectionReporter, LoopBridge, make_client, reason_text
 from gateway.status.alarms import AlarmState
 from gateway.status.publisher import EventQueue, encode_alarm_event, encode_alarm_state
 from gateway.telemetry import (
     alarm_topic,
+    encode_gap_event,
     encode_status,
     encode_telemetry,
     events_topic,
@@ -77,14 +81,14 @@ class PublisherStats:
 
 
 class MqttPublisher:
-    """Drains a `BufferWorker` into the broker. Run ``run()`` as a task; cancel it to stop."""
+    """Drains a `WriteBehind` buffer into the broker. Run ``run()`` as a task; cancel it to stop."""
 
     def __init__(
         self,
         *,
         config: MqttConfig,
         site: str,
-        buffer: BufferWorker,
+        buffer: WriteBehind,
         batch_size: int = BATCH_SIZE,
         memory: StatusMemory | None = None,
     ) -> None:
@@ -98,6 +102,8 @@ class MqttPublisher:
         self._by_mid: dict[int, _Pending] = {}
         #: Batches begun and not yet handed to ``buffer.end``, by id (`release_inflight`).
         self._begun: dict[int, Batch] = {}
+        #: Gap announcements in flight, by message id (see `_announce_gaps`).
+        self._gap_mids: dict[int, Gap] = {}
         self._inflight_messages = 0
         self._window_open = asyncio.Event()
         self._window_open.set()
@@ -286,6 +292,10 @@ class MqttPublisher:
                 await asyncio.wait_for(self._progress.wait(), 0.2)
 
     def _on_puback(self, mid: int) -> None:
+        gap = self._gap_mids.pop(mid, None)
+        if gap is not None:
+            self._spawn(self._buffer.gap_published(gap), "gap-published")
+            return
         pending = self._by_mid.pop(mid, None)
         if pending is None:
             return
@@ -300,6 +310,25 @@ class MqttPublisher:
             self._spawn(self._buffer.end(pending.batch, accepted=accepted), "buffer-end")
         if self._inflight_messages < self._config.max_inflight:
             self._window_open.set()
+
+    async def _announce_gaps(self, client: mqtt.Client) -> None:
+        """Publish every declared gap not yet acknowledged (again after each reconnect: the
+        broker may not have taken it); the buffer forgets one when its PUBACK arrives."""
+        topic = events_topic(self._config.topic_prefix, self._site)
+        waiting = set(self._gap_mids.values())
+        for gap in await self._buffer.declared_gaps():
+            if gap in waiting or not self.connected.is_set():
+                continue
+            payload = encode_gap_event(
+                self._site,
+                from_seq=gap.from_seq,
+                to_seq=gap.to_seq,
+                reason=gap.reason,
+                ts=from_epoch_ms(gap.ts_ms),
+            )
+            info = client.publish(topic, payload, qos=1)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self._gap_mids[info.mid] = gap
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -317,6 +346,7 @@ class MqttPublisher:
         self.stats.connects += 1
         # What piled up while disconnected is backlog now; fresh readings overtake it.
         self._spawn(self._buffer.mark_live_boundary(), "mark-live-boundary")
+        self._spawn(self._announce_gaps(client), "announce-gaps")
         self._report.connected()
         self._client = client
         self.publish_status(self._details)

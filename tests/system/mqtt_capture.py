@@ -70,3 +70,19 @@ class MqttCapture:
                 body = message.json()
                 out.extend({**r, "device": body["device"]} for r in body["readings"])
         return out
+
+    def declared_gaps(self) -> set[tuple[int, int]]:
+        """The ``readings_lost`` ranges announced on the events topic so far (gateway/schema/gap.json)."""
+        gaps = set()
+        for message in self.snapshot():
+            if message.topic.endswith("/events"):
+                body = message.json()
+                if body.get("type") == "readings_lost":
+                    gaps.add((body["from_seq"], body["to_seq"]))
+        return gaps
+
+
+def unexplained(seqs: set[int], last: int, gaps: set[tuple[int, int]]) -> set[int]:
+    """Numbers in 1..``last`` missing from ``seqs`` and outside every declared gap."""
+    missing = set(range(1, last + 1)) - seqs
+    return {s for s in missing if not any(a <= s <= b for a, b in gaps)}
