@@ -30,6 +30,7 @@ from influxdb_client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from gateway.bridge.points import PointKey
+from gateway.config import InfluxConfig
 from gateway.errors import SinkError
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,18 @@ class InfluxWriter:
             timeout=urllib3.Timeout(total=timeout_ms / 1000), retries=False
         )
 
+    @classmethod
+    def from_config(cls, config: InfluxConfig) -> InfluxWriter:
+        """The writer ``[influxdb]`` describes; its credential is read now and again after
+        every refusal (a rotated token file takes effect without a restart)."""
+        return cls(
+            url=config.url,
+            org=config.org,
+            bucket=config.bucket,
+            token=config.token.resolve if config.token is not None else None,
+            basic_auth=config.auth == "basic",
+        )
+
     def _resolve(self) -> str | None:
         return self._source() if callable(self._source) else self._source
 
@@ -151,12 +164,23 @@ class InfluxWriter:
         Reads ``<metric>_seq`` back through VictoriaMetrics' ``/api/v1/export`` (one request for
         all keys: their sites, devices and metrics, over their time range). Every reading has a
         ``seq`` field and its ``value`` travels in the same line, so the line is there when its
-        ``seq`` is. A store without the export API (InfluxDB) answers 404: `StoreError`
-        ``refused`` with a message that says to turn ``read_back`` off.
+        ``seq`` is. Only when something seems missing does it ask the store to make everything
+        searchable (`_force_flush`) and look again. A store without the export API (InfluxDB)
+        answers 404: `StoreError` ``refused``, with a message that says to turn ``read_back`` off.
         """
         wanted = set(keys)
         if not wanted:
             return set()
+        try:
+            found = self._export(wanted)
+            if not wanted <= found:
+                self._force_flush()
+                found = self._export(wanted)
+        except (HTTPError, OSError) as exc:
+            raise StoreError(f"time-series store unreachable: {exc}", fault="unreachable") from exc
+        return wanted & found
+
+    def _export(self, wanted: set[PointKey]) -> set[PointKey]:
         names = sorted({f"{k.metric}_seq" for k in wanted})
         sites = sorted({k.site for k in wanted})
         devices = sorted({k.device for k in wanted})
@@ -170,11 +194,7 @@ class InfluxWriter:
             "end": str(math.ceil(max(k.ts_ms for k in wanted) / 1000) + 1),
         }
         url = f"{self._url}/api/v1/export"
-        try:
-            self._force_flush()
-            answer = self._http.request("GET", url, fields=fields, headers=self._auth_header())
-        except (HTTPError, OSError) as exc:
-            raise StoreError(f"time-series store unreachable: {exc}", fault="unreachable") from exc
+        answer = self._http.request("GET", url, fields=fields, headers=self._auth_header())
         if answer.status != 200:
             text = answer.data.decode("utf-8", errors="replace").strip()[:300]
             fault = classify(answer.status, "")
@@ -207,7 +227,7 @@ class InfluxWriter:
                         seq=int(value),
                     )
                 )
-        return wanted & found
+        return found
 
     def _force_flush(self) -> None:
         """Make every accepted point searchable now (VictoriaMetrics ``/internal/force_flush``).

@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 #: Read-backs that may miss a message's points (each followed by a rewrite and a new hold) before
 #: the bridge concludes that the store accepts them but does not keep them (VictoriaMetrics
 #: answers 204 and drops samples outside its retention or more than 2 days in the future).
-MAX_REWRITES = 3
+#: With the default hold that is about 90 s of misses in a row: a store restarting that often is
+#: crash-looping, and the dead letter keeps the payload for a replay.
+MAX_REWRITES = 5
 
 
 @dataclass
