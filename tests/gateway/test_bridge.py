@@ -12,11 +12,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.bridge.influx import InfluxWriter
-from gateway.bridge.service import Bridge
+from gateway.bridge.service import MAX_REWRITES, Bridge
 from gateway.config import GatewayConfig, parse_config
 from gateway.model import Reading, to_epoch_ms, utc_ms
 from gateway.telemetry import encode_telemetry
-from tests.servers import ServerProcess, vm_export
+from tests.servers import MosquittoServer, ServerProcess, vm_export
 from tests.system.mqtt_capture import MqttCapture
 
 T0 = utc_ms(datetime(2026, 11, 2, 8, 0, tzinfo=UTC))
@@ -337,3 +337,68 @@ def test_a_bridge_given_sites_drops_the_catch_all_its_session_used_to_have(
     run_bridge(broker, tsdb, body, client_id="bridge-x", sites=["kg"])
     sites = {row["metric"]["site"] for row in vm_export(tsdb.port, '{__name__="co2_seq"}')}
     assert sites == {"kg"}
+
+
+def test_a_point_the_store_accepts_but_never_keeps_is_dead_lettered_not_held_forever(
+    broker: ServerProcess, tsdb: ServerProcess
+) -> None:
+    """VictoriaMetrics answers 204 to a sample more than 2 days ahead of its clock and drops it.
+    The read-back misses it every time; after `MAX_REWRITES` the message is dead-lettered with
+    the reason, and the stream behind it is not blocked."""
+    future = Reading(
+        device="room-1",
+        metric="co2",
+        value=1.0,
+        unit="ppm",
+        ts=utc_ms(datetime.now(UTC) + timedelta(days=30)),
+        seq=1,
+    )
+    later = readings("room-1", 2, 3)
+    dead = MqttCapture(broker.port, "canary/kg/deadletter").start()
+    try:
+
+        async def body(bridge: Bridge) -> None:
+            await asyncio.to_thread(
+                publish,
+                broker.port,
+                [
+                    ("canary/kg/telemetry/room-1", encode_telemetry("kg", "room-1", [future])),
+                    ("canary/kg/telemetry/room-1", encode_telemetry("kg", "room-1", later)),
+                ],
+            )
+            await until(lambda: bridge.stats.messages_acked == 2, 30, "both settled")
+            assert bridge.stats.rewrites == MAX_REWRITES
+            assert bridge.stats.dead_letters == 1
+
+        run_bridge(broker, tsdb, body, ack_delay=0.2)
+        letters = [m.json() for m in dead.snapshot()]
+    finally:
+        dead.stop()
+    assert len(letters) == 1
+    assert "does not keep them" in letters[0]["reason"]
+    assert sorted(series(tsdb.port, "co2_seq").values()) == [2.0, 3.0, 4.0]
+
+
+def test_held_messages_survive_a_broker_restart_and_are_acknowledged_once_after_it(
+    broker: MosquittoServer, tsdb: ServerProcess
+) -> None:
+    """Acks held when the connection drops are never sent on the new connection (its packet ids
+    name other messages); the broker redelivers, the bridge writes again, the store keeps one."""
+    batch = [readings("room-1", 1 + 5 * m, 5) for m in range(4)]
+    messages = [("canary/kg/telemetry/room-1", encode_telemetry("kg", "room-1", b)) for b in batch]
+
+    async def body(bridge: Bridge) -> None:
+        await asyncio.to_thread(publish, broker.port, messages)
+        await until(lambda: bridge.stats.points_written == 20, 10, "all four written")
+        assert bridge.stats.messages_acked == 0
+        await asyncio.to_thread(broker.stop)
+        await asyncio.to_thread(broker.start)
+        await until(
+            lambda: bridge.stats.messages_acked == 4 and bridge.held == 0,
+            30,
+            "the redelivered copies acknowledged",
+        )
+        assert bridge.stats.points_written == 40  # written again after the redelivery
+
+    run_bridge(broker, tsdb, body, ack_delay=2)
+    assert sorted(series(tsdb.port, "co2_seq").values()) == [float(s) for s in range(1, 21)]
