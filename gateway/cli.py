@@ -156,8 +156,7 @@ def _bridge(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     influx = _require_influx(config, args.config)
-    token = influx.token.resolve() if influx.token is not None else None
-    writer = InfluxWriter(url=influx.url, org=influx.org, bucket=influx.bucket, token=token)
+    writer = InfluxWriter.from_config(influx)
 
     async def bridge_until(stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:

@@ -179,17 +179,65 @@ class InfluxConfig(_Model):
     org: str
     bucket: str
     token: Credentials | None = None
+    #: How the token is sent: ``token`` as ``Authorization: Token ...`` (InfluxDB 2.x); ``basic``
+    #: as HTTP Basic with the secret ``user:password`` (VictoriaMetrics ``-httpAuth.*``, vmauth,
+    #: a reverse proxy).
+    auth: Literal["token", "basic"] = "token"
     #: Messages per write request, at most; the bridge also flushes after ``flush_interval`` seconds.
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = 1000
     flush_interval: Annotated[float, Field(gt=0, le=60)] = 0.5
 
 
 class BridgeConfig(_Model):
-    """The MQTT -> time-series bridge's own MQTT identity."""
+    """The MQTT -> time-series bridge: its MQTT identity, its share of the sites, and when it acks.
+
+    Scaling out: every bridge is one persistent session (its own ``client_id``) subscribed to its
+    own ``sites``. No ``$share``: Mosquitto 2.0 does not persist shared subscriptions, so after a
+    broker restart a group's queued messages go to nobody, and a member that leaves for good
+    strands its share (docs/mqtt.md, "Scaling out the bridge").
+    """
 
     client_id: str | None = None
-    #: When set, the bridge subscribes through ``$share/<group>/...`` so several bridges split the load.
-    share_group: Identifier | None = None
+    #: Sites this bridge stores; empty: every site under the topic prefix.
+    sites: list[Identifier] = []
+    #: Seconds the MQTT acknowledgement of a message is held after the store accepted its points:
+    #: a 2xx from VictoriaMetrics single-node is not on disk until its in-memory flush (1.79.5:
+    #: measured <= 8.5 s). 0: the 2xx is durable (InfluxDB 2.x).
+    ack_delay: Annotated[float, Field(ge=0, le=600)] = 15.0
+    #: Before acknowledging, read the points back (VictoriaMetrics ``/api/v1/export``) and write
+    #: again whatever a store restart lost meanwhile.
+    read_back: bool = True
+    #: Refused; kept as a key only to say why (see the class docstring).
+    share_group: str | None = None
+
+    @field_validator("share_group")
+    @classmethod
+    def _no_share_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "$share subscriptions are not supported: Mosquitto does not persist them, so "
+                "after a broker restart the messages queued for the group go to nobody, and a "
+                "bridge that leaves the group strands its share. Give each bridge its own "
+                'client_id and its own list of sites instead (docs/mqtt.md, "Scaling out the '
+                'bridge")'
+            )
+        return value
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, value: list[str]) -> list[str]:
+        if len(value) != len(set(value)):
+            raise ValueError("each site may be listed once")
+        return value
+
+    @model_validator(mode="after")
+    def _read_back_needs_delay(self) -> BridgeConfig:
+        if self.read_back and self.ack_delay == 0:
+            raise ValueError(
+                "read_back checks the points once ack_delay has passed; with ack_delay = 0 (a "
+                "store whose 2xx is durable, e.g. InfluxDB 2.x) set read_back = false"
+            )
+        return self
 
 
 class TcpTransport(_Model):

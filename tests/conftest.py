@@ -30,8 +30,11 @@ def no_leaks() -> Iterator[None]:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[servers.ServerProcess]:
-    """A real Mosquitto broker on a free loopback port, stopped after the test."""
+def broker(tmp_path: Path) -> Iterator[servers.MosquittoServer]:
+    """A real Mosquitto broker on a free loopback port, stopped after the test.
+
+    Its persistence is checked: it fails to start unless it can write its persistence file, and
+    a clean stop fails unless it saved (see `servers.MosquittoServer`)."""
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     server = servers.mosquitto(workdir)
@@ -42,7 +45,8 @@ def broker(tmp_path: Path) -> Iterator[servers.ServerProcess]:
 
 @pytest.fixture
 def tsdb(tmp_path: Path) -> Iterator[servers.ServerProcess]:
-    """A real VictoriaMetrics (InfluxDB v2 write API at /api/v2/write) on a free loopback port."""
+    """A real VictoriaMetrics (InfluxDB v2 write API at /api/v2/write) on a free loopback port,
+    deduplicating identical timestamps as docs/mqtt.md deploys it."""
     workdir = tmp_path / "vm"
     workdir.mkdir()
     server = servers.victoria_metrics(workdir)

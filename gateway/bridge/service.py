@@ -1,16 +1,25 @@
 """The bridge service: telemetry topics in, time-series points out, nothing lost in between.
 
 Contract:
-- The MQTT session is persistent (fixed client id, clean session off) and acknowledgement is manual:
-  a message is PUBACKed only after the store accepted every point made from it. If the bridge dies
-  first, the broker redelivers the message to the next bridge session.
+- The MQTT session is persistent (fixed client id, clean session off) and acknowledgement is
+  manual: a message is PUBACKed only once its points are durable in the store (`gateway.bridge.acks`:
+  written, held ``[bridge] ack_delay`` seconds after the 2xx, and with ``read_back`` found in the
+  store). If the bridge or the store dies first, the broker still holds the message; the bridge
+  writes again whatever the read-back misses.
+- Subscriptions: ``P/<site>/telemetry/+`` for each of ``[bridge] sites``, or ``P/+/telemetry/+``.
+  Several bridges split the sites between them, each its own persistent session; no ``$share``
+  (see `gateway.config.BridgeConfig`).
 - A payload that breaks the contract (see `gateway.telemetry.decode_telemetry`) is republished to
   ``P/<site>/deadletter`` with the reason, and acknowledged once the broker took the dead letter.
-- A store that is down or overloaded (connection error, 408/429/5xx) is retried with jittered
-  backoff for as long as it takes, holding the messages unacknowledged. A store that rejects the
-  content (other 4xx) gets the messages one by one; the ones it still rejects are dead-lettered.
-- With ``[bridge] share_group``, the subscription is ``$share/<group>/...``: several bridges split
-  the stream, and replays are idempotent because a point's series and timestamp identify it.
+  So is a message whose content the store rejects (422, 400 with a parse error), found by writing
+  the batch's messages one by one, and a message the store keeps accepting but never keeps
+  (`MAX_REWRITES` read-backs missed it).
+- A store that is down or overloaded (no connection, 408/429/5xx) is retried with jittered backoff
+  for as long as it takes, holding the messages. A store that refuses (401/403/404, other 4xx) is
+  a configuration fault: the messages are held, the request retried with backoff (the credential
+  is read again before each retry), the ``store_refused`` alarm raised (`gateway.bridge.alarm`);
+  nothing is dead-lettered. Each episode is logged once, and its end once. A request too large
+  for the store (413) is split in halves.
 """
 
 from __future__ import annotations
@@ -24,16 +33,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from influxdb_client import Point
 
-from gateway.bridge.influx import InfluxWriter
-from gateway.bridge.points import to_points
+from gateway.bridge.acks import AckWindow, Entry
+from gateway.bridge.alarm import StoreAlarm, alarm_device
+from gateway.bridge.influx import InfluxWriter, StoreError
+from gateway.bridge.points import point_keys, to_points
 from gateway.config import GatewayConfig
-from gateway.errors import SinkError
-from gateway.model import Reading
+from gateway.errors import ConfigError
 from gateway.mqtt_client import ConnectionReporter, LoopBridge, make_client, reason_text
 from gateway.telemetry import TelemetryError, deadletter_topic, decode_telemetry, telemetry_filter
 
 log = logging.getLogger(__name__)
+
+#: Read-backs that may miss a message's points (each followed by a rewrite and a new hold) before
+#: the bridge concludes that the store accepts them but does not keep them (VictoriaMetrics
+#: answers 204 and drops samples outside its retention or more than 2 days in the future).
+#: With the default hold that is about 90 s of misses in a row: a store restarting that often is
+#: crash-looping, and the dead letter keeps the payload for a replay.
+MAX_REWRITES = 5
 
 
 @dataclass
@@ -44,13 +62,42 @@ class BridgeStats:
     points_written: int = 0
     dead_letters: int = 0
     write_failures: int = 0
+    #: Messages the read-back found missing and that were written again.
+    rewrites: int = 0
+    read_backs: int = 0
 
 
-@dataclass
-class _Decoded:
-    message: mqtt.MQTTMessage
-    site: str
-    readings: list[Reading]
+class _Episode:
+    """One kind of store trouble at a time, logged once when it starts and once when it ends."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self.fault: str | None = None
+        self.status = 0
+        self.attempts = 0
+
+    def failed(self, exc: StoreError, held: int) -> None:
+        self.attempts += 1
+        if exc.fault == self.fault:
+            return
+        self.fault, self.status = exc.fault, exc.status
+        if exc.fault == "refused":
+            log.error(
+                "time-series store refuses %s (%s): a configuration fault (credentials, URL, org "
+                "or bucket); holding %d messages and retrying, nothing is dead-lettered",
+                self._what,
+                exc,
+                held,
+            )
+        else:
+            log.warning("time-series store not accepting %s (%s); retrying", self._what, exc)
+
+    def succeeded(self) -> None:
+        if self.fault is not None:
+            log.info(
+                "time-series store accepting %s again after %d retries", self._what, self.attempts
+            )
+        self.fault, self.status, self.attempts = None, 0, 0
 
 
 class Bridge:
@@ -61,17 +108,36 @@ class Bridge:
             raise ValueError("the bridge needs an [influxdb] section")
         self._mqtt = config.mqtt
         self._influx = config.influxdb
+        self._options = config.bridge
         self._prefix = config.mqtt.topic_prefix
         self._client_id = config.bridge.client_id or f"canary-bridge-{config.site.id}"
-        topic_filter = telemetry_filter(self._prefix)
-        group = config.bridge.share_group
-        self._subscription = f"$share/{group}/{topic_filter}" if group else topic_filter
+        catch_all = telemetry_filter(self._prefix)
+        sites = config.bridge.sites
+        self._filters = [f"{self._prefix}/{s}/telemetry/+" for s in sites] or [catch_all]
+        #: A session that used to take every site keeps that subscription: drop it.
+        self._stale_filters = [catch_all] if sites else []
         self._writer = writer
-        self._inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
+        self._window = AckWindow(ack_delay=config.bridge.ack_delay, clock=time.monotonic)
+        self._inbox: asyncio.Queue[Entry] = asyncio.Queue()
+        self._alarm = StoreAlarm(
+            prefix=self._prefix, site=config.site.id, device=alarm_device(self._client_id)
+        )
+        self._writes = _Episode("writes")
+        self._reads = _Episode("read-backs")
         self.subscribed = asyncio.Event()
-        self._connected = False
+        self._online = asyncio.Event()
         self._report = ConnectionReporter(logger=log, host=self._mqtt.host, port=self._mqtt.port)
         self.stats = BridgeStats()
+
+    @property
+    def alarm(self) -> StoreAlarm:
+        """The ``store_refused`` alarm (for status and tests)."""
+        return self._alarm
+
+    @property
+    def held(self) -> int:
+        """Messages received and not yet acknowledged."""
+        return len(self._window)
 
     async def run(self) -> None:
         """Connect, subscribe and bridge until cancelled."""
@@ -84,111 +150,186 @@ class Bridge:
         client.on_connect_fail = lambda c, u: loop_bridge.call(report.failed)
         client.on_disconnect = lambda c, u, f, rc, p: loop_bridge.call(self._on_disconnect, rc)
         client.on_log = report.paho_log
-        client.on_subscribe = lambda c, u, mid, rcs, p: loop_bridge.call(self._on_subscribed)
-        client.on_message = lambda c, u, msg: loop_bridge.call(self._inbox.put_nowait, msg)
+        client.on_subscribe = lambda c, u, mid, rcs, p: loop_bridge.call(self._on_subscribed, rcs)
+        client.on_message = lambda c, u, msg: loop_bridge.call(self._on_message, msg)
         client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=self._mqtt.keepalive)
         client.loop_start()
         try:
-            while True:
-                await self._bridge_batch(client, await self._collect())
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._write_loop(client), name="bridge-write")
+                group.create_task(self._ack_loop(client), name="bridge-ack")
         finally:
+            self._alarm.attach(None)
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
             await asyncio.to_thread(self._writer.close)
+
+    # --- MQTT callbacks (on the event loop, via LoopBridge) -----------------------------------
 
     def _on_connect(self, client: mqtt.Client, reason_code: Any) -> None:
         if getattr(reason_code, "is_failure", False):
             self._report.failed(f"refused: {reason_text(reason_code)}")
             return
-        self._connected = True
+        self._window.new_connection()
+        self._online.set()
         self._report.connected()
-        log.info("subscribing to %s", self._subscription)
-        client.subscribe(self._subscription, qos=1)
+        if self._stale_filters:
+            # First: the broker handles one connection's packets in order, so the SUBACK below
+            # also means the catch-all is gone.
+            client.unsubscribe(self._stale_filters)
+        log.info("subscribing to %s", ", ".join(self._filters))
+        client.subscribe([(f, 1) for f in self._filters])
+        self._alarm.attach(client)
 
     def _on_disconnect(self, reason_code: Any) -> None:
-        if self._connected:
+        if self._online.is_set():
             log.warning("lost MQTT broker connection (%s); reconnecting", reason_text(reason_code))
         else:
             self._report.failed()  # dropped before CONNACK: e.g. a TLS rejection
-        self._connected = False
+        self._online.clear()
+        self._alarm.attach(None)
 
-    def _on_subscribed(self) -> None:
+    def _on_subscribed(self, reason_codes: Any) -> None:
+        refused = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
+        if refused:
+            log.error(
+                "the broker refused the subscription to %s (%s): check its ACL",
+                ", ".join(self._filters),
+                ", ".join(reason_text(rc) for rc in refused),
+            )
+            return
         # From here on the broker queues telemetry for this session even while the bridge is away.
-        log.info("subscribed to %s (persistent session %s)", self._subscription, self._client_id)
+        log.info(
+            "subscribed to %s (persistent session %s)", ", ".join(self._filters), self._client_id
+        )
         self.subscribed.set()
 
-    async def _collect(self) -> list[mqtt.MQTTMessage]:
-        """Wait for one message, then gather more until the batch is full or the window closes."""
-        batch = [await self._inbox.get()]
-        deadline = time.monotonic() + self._influx.flush_interval
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        self._inbox.put_nowait(self._window.receive(message))
+
+    # --- writing -------------------------------------------------------------------------------
+
+    async def _write_loop(self, client: mqtt.Client) -> None:
+        while True:
+            await self._store(client, await self._collect())
+
+    async def _collect(self) -> list[Entry]:
+        """Wait for one entry, then gather more until the batch is full or the window closes.
+        Entries of an earlier connection are skipped: the broker sends them again."""
+        batch: list[Entry] = []
+        deadline: float | None = None
         while len(batch) < self._influx.batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._inbox.get(), remaining))
-            except TimeoutError:
-                break
+            if deadline is None:
+                entry = await self._inbox.get()
+                deadline = time.monotonic() + self._influx.flush_interval
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(self._inbox.get(), remaining)
+                except TimeoutError:
+                    break
+            if self._window.current(entry):
+                batch.append(entry)
+            elif not batch:
+                deadline = None
         return batch
 
-    async def _bridge_batch(self, client: mqtt.Client, messages: list[mqtt.MQTTMessage]) -> None:
-        decoded: list[_Decoded] = []
-        for message in messages:
-            try:
-                decoded.append(self._decode(message))
-            except TelemetryError as exc:
-                await self._dead_letter(client, message, str(exc))
-        if decoded:
-            try:
-                await self._write_retrying(decoded)
-            except SinkError:
-                await self._write_one_by_one(client, decoded)
-                return
-            for item in decoded:
-                self._ack(client, item.message)
+    async def _store(self, client: mqtt.Client, entries: list[Entry]) -> None:
+        decoded: list[Entry] = []
+        for entry in entries:
+            if entry.readings is None:
+                try:
+                    self._decode(entry)
+                except TelemetryError as exc:
+                    await self._dead_letter(client, entry, str(exc))
+                    continue
+            decoded.append(entry)
+        if not decoded:
+            return
+        try:
+            await self._write_retrying(decoded)
+        except StoreError:
+            await self._write_one_by_one(client, decoded)
 
-    def _decode(self, message: mqtt.MQTTMessage) -> _Decoded:
+    def _decode(self, entry: Entry) -> None:
+        message = entry.message
         site, device = _site_and_device(message.topic, self._prefix)
-        return _Decoded(
-            message,
-            site,
-            decode_telemetry(bytes(message.payload), topic_site=site, topic_device=device),
+        entry.readings = decode_telemetry(
+            bytes(message.payload), topic_site=site, topic_device=device
         )
+        entry.site = site
 
-    async def _write_retrying(self, batch: list[_Decoded]) -> None:
-        """Write until accepted; raise `SinkError` only for a non-retryable rejection."""
-        points = [p for item in batch for p in to_points(item.site, item.readings)]
+    async def _write_retrying(self, entries: list[Entry]) -> None:
+        """Write until accepted, then hold the entries; raise `StoreError` only for content.
+
+        Entries whose connection ended meanwhile are given up (the broker sends them again).
+        """
         attempt = 0
         while True:
+            entries = [e for e in entries if self._window.current(e)]
+            if not entries:
+                return
+            points = [p for e in entries for p in to_points(e.site, e.readings or [])]
             try:
-                await asyncio.to_thread(self._writer.write, points)
-            except SinkError as exc:
+                await self._write_split(points)
+            except StoreError as exc:
                 self.stats.write_failures += 1
-                if not exc.retryable:
+                if exc.fault == "content":
                     raise
+                self._writes.failed(exc, len(self._window))
+                await self._trouble(exc)
                 attempt += 1
-                delay = random.uniform(0, 1.5 ** min(10, attempt))
-                if attempt == 1:
-                    log.warning("time-series store not accepting writes (%s); retrying", exc)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))
                 continue
-            if attempt:
-                log.info("time-series store accepting writes again after %d retries", attempt)
+            self._writes.succeeded()
+            self._healthy(204)
             self.stats.points_written += len(points)
+            self._window.written(entries)
             return
 
-    async def _write_one_by_one(self, client: mqtt.Client, batch: list[_Decoded]) -> None:
-        for item in batch:
-            try:
-                await self._write_retrying([item])
-            except SinkError as exc:
-                await self._dead_letter(client, item.message, f"rejected by the store: {exc}")
-            else:
-                self._ack(client, item.message)
+    async def _write_split(self, points: list[Point]) -> None:
+        """One request; halves again and again while the store says it is too large (413)."""
+        try:
+            await asyncio.to_thread(self._writer.write, points)
+        except StoreError as exc:
+            if exc.fault != "too_large":
+                raise
+            if len(points) == 1:
+                raise StoreError(
+                    f"a single point is larger than the store accepts ({exc})",
+                    fault="content",
+                    status=exc.status,
+                ) from exc
+            half = len(points) // 2
+            await self._write_split(points[:half])
+            await self._write_split(points[half:])
 
-    async def _dead_letter(
-        self, client: mqtt.Client, message: mqtt.MQTTMessage, reason: str
-    ) -> None:
+    async def _write_one_by_one(self, client: mqtt.Client, entries: list[Entry]) -> None:
+        for entry in entries:
+            try:
+                await self._write_retrying([entry])
+            except StoreError as exc:
+                await self._dead_letter(client, entry, f"rejected by the store: {exc}")
+
+    async def _trouble(self, exc: StoreError) -> None:
+        """Raise the alarm for a refusal and read the credential again for the next attempt."""
+        if exc.fault != "refused":
+            return
+        self._alarm.set(active=True, status=exc.status)
+        try:
+            if await asyncio.to_thread(self._writer.refresh_credentials):
+                log.info("read the store credential again: it changed, retrying with it")
+        except ConfigError as error:
+            log.debug("cannot read the store credential again: %s", error)
+
+    def _healthy(self, status: int) -> None:
+        if self._writes.fault != "refused" and self._reads.fault != "refused":
+            self._alarm.set(active=False, status=status)
+
+    async def _dead_letter(self, client: mqtt.Client, entry: Entry, reason: str) -> None:
+        message = entry.message
         site = _site_or_unknown(message.topic, self._prefix)
         body = {
             "v": 1,
@@ -202,11 +343,65 @@ class Bridge:
         while not await asyncio.to_thread(_published_within, info, 1.0):
             pass
         self.stats.dead_letters += 1
-        self._ack(client, message)
+        self._window.finished(entry)
 
-    def _ack(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
-        client.ack(message.mid, message.qos)
-        self.stats.messages_acked += 1
+    # --- acknowledging -------------------------------------------------------------------------
+
+    async def _ack_loop(self, client: mqtt.Client) -> None:
+        attempt = 0
+        while True:
+            await self._online.wait()
+            due = self._window.due(self._influx.batch_size)
+            if due:
+                try:
+                    await self._settle(client, due)
+                except StoreError as exc:
+                    self._reads.failed(exc, len(self._window))
+                    await self._trouble(exc)
+                    attempt += 1
+                    await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))
+                    continue
+                attempt = 0
+            for entry in self._window.pop_finished():
+                client.ack(entry.message.mid, entry.message.qos)
+                self.stats.messages_acked += 1
+            await self._window.wait()
+
+    async def _settle(self, client: mqtt.Client, due: list[Entry]) -> None:
+        """Finish held entries whose points are in the store; write the others again."""
+        if not self._options.read_back:
+            for entry in due:
+                self._window.finished(entry)
+            return
+        keys = {e: point_keys(e.site, e.readings or []) for e in due}
+        present = await asyncio.to_thread(
+            self._writer.present, [k for ks in keys.values() for k in ks]
+        )
+        self.stats.read_backs += 1
+        self._reads.succeeded()
+        self._healthy(200)
+        lost = 0
+        for entry, wanted in keys.items():
+            if present.issuperset(wanted):
+                self._window.finished(entry)
+            elif entry.rewrites >= MAX_REWRITES:
+                await self._dead_letter(
+                    client,
+                    entry,
+                    f"the store accepted these points {entry.rewrites + 1} times but does not "
+                    "keep them (a timestamp outside its retention, or too far in the future?)",
+                )
+            else:
+                lost += 1
+                self._window.rewrite(entry)
+                self._inbox.put_nowait(entry)
+        if lost:
+            self.stats.rewrites += lost
+            log.warning(
+                "the time-series store lost the points of %d accepted messages (did it restart?); "
+                "writing them again",
+                lost,
+            )
 
 
 def _published_within(info: mqtt.MQTTMessageInfo, timeout: float) -> bool:

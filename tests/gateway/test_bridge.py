@@ -12,11 +12,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.bridge.influx import InfluxWriter
-from gateway.bridge.service import Bridge
-from gateway.config import parse_config
+from gateway.bridge.service import MAX_REWRITES, Bridge
+from gateway.config import GatewayConfig, parse_config
 from gateway.model import Reading, to_epoch_ms, utc_ms
 from gateway.telemetry import encode_telemetry
-from tests.servers import ServerProcess, vm_export
+from tests.servers import MosquittoServer, ServerProcess, vm_export
 from tests.system.mqtt_capture import MqttCapture
 
 T0 = utc_ms(datetime(2026, 11, 2, 8, 0, tzinfo=UTC))
@@ -59,13 +59,15 @@ def series(vm_port: int, name: str) -> dict[tuple[str, int], float]:
     return out
 
 
-def run_bridge(
+def bridge_config(
     broker: ServerProcess,
     tsdb: ServerProcess,
-    body: Callable[[Bridge], Awaitable[None]],
+    *,
+    influx: dict[str, Any] | None = None,
     **bridge: Any,
-) -> None:
-    config = parse_config(
+) -> GatewayConfig:
+    """The bridge's configuration; acks held briefly (``ack_delay`` 0.5 s) unless told."""
+    return parse_config(
         {
             "site": {"id": "kg"},
             "mqtt": {"host": "127.0.0.1", "port": broker.port},
@@ -74,11 +76,21 @@ def run_bridge(
                 "org": "o",
                 "bucket": "b",
                 "flush_interval": 0.1,
+                **(influx or {}),
             },
-            "bridge": bridge,
+            "bridge": {"ack_delay": 0.5, **bridge},
         },
         source="test",
     )
+
+
+def run_bridge(
+    broker: ServerProcess,
+    tsdb: ServerProcess,
+    body: Callable[[Bridge], Awaitable[None]],
+    **bridge: Any,
+) -> None:
+    config = bridge_config(broker, tsdb, **bridge)
 
     async def main() -> None:
         writer = InfluxWriter(
@@ -165,43 +177,100 @@ def test_store_down_keeps_messages_unacknowledged_until_it_is_back(
     assert len(series(tsdb.port, "co2_value")) == 30
 
 
-def test_two_bridges_share_the_load_and_write_everything_once(
+def test_acks_are_held_for_ack_delay_while_later_messages_keep_flowing(
     broker: ServerProcess, tsdb: ServerProcess
 ) -> None:
-    """Issue 5, acceptance 7: `$share/<group>/...` splits the stream between two bridges."""
+    """A 204 is not durable: the ack waits ``ack_delay`` after it, and the read-back found the
+    points; meanwhile the next messages are written, not queued behind the held ones."""
+    ack_delay = 3.0
+    first, second = readings("room-1", 1, 10), readings("room-1", 11, 10)
+    topic = "canary/kg/telemetry/room-1"
 
-    def config(client_id: str) -> Any:
-        return parse_config(
-            {
-                "site": {"id": "kg"},
-                "mqtt": {"host": "127.0.0.1", "port": broker.port},
-                "influxdb": {
-                    "url": f"http://127.0.0.1:{tsdb.port}",
-                    "org": "o",
-                    "bucket": "b",
-                    "flush_interval": 0.05,
-                    "batch_size": 5,
-                },
-                "bridge": {"client_id": client_id, "share_group": "writers"},
-            },
-            source="test",
+    async def body(bridge: Bridge) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(
+            publish, broker.port, [(topic, encode_telemetry("kg", "room-1", first))]
         )
+        await until(lambda: bridge.stats.points_written == 10, 10, "the first message written")
+        written_at = loop.time()
+        await asyncio.to_thread(
+            publish, broker.port, [(topic, encode_telemetry("kg", "room-1", second))]
+        )
+        await until(lambda: bridge.stats.points_written == 20, 10, "the second message written")
+        # Both are in the store, neither is acknowledged: the first is still within its hold.
+        assert loop.time() - written_at < ack_delay
+        assert len(await asyncio.to_thread(series, tsdb.port, "co2_seq")) == 20
+        assert bridge.stats.messages_acked == 0
+        assert bridge.held == 2
+        await until(lambda: bridge.stats.messages_acked == 2, 15, "both acknowledged")
+        assert loop.time() - written_at >= ack_delay
+        assert bridge.stats.read_backs >= 1
+        assert bridge.stats.rewrites == 0
+        assert bridge.held == 0
 
-    devices = [f"room-{i}" for i in range(8)]
-    per_message, per_device = 5, 12
+    run_bridge(broker, tsdb, body, ack_delay=ack_delay)
+
+
+def test_the_same_reading_sent_twice_is_stored_once(
+    broker: ServerProcess, tsdb: ServerProcess
+) -> None:
+    """Store-side dedup (``-dedup.minScrapeInterval=1ms``): a replay adds nothing, and readings
+    1 ms apart (closer than any poll interval allows) are still both kept."""
+    batch = readings("room-1", 1, 5)
+    close = [
+        Reading(
+            device="room-1",
+            metric="co2",
+            value=900 + i,
+            unit="ppm",
+            ts=T0 + timedelta(milliseconds=i),
+            seq=100 + i,
+        )
+        for i in range(3)
+    ]
+    message = ("canary/kg/telemetry/room-1", encode_telemetry("kg", "room-1", batch + close))
+
+    async def body(bridge: Bridge) -> None:
+        await asyncio.to_thread(publish, broker.port, [message])
+        await until(lambda: bridge.stats.points_written == 8, 10, "the first copy written")
+        await asyncio.to_thread(publish, broker.port, [message])
+        await until(lambda: bridge.stats.points_written == 16, 10, "the second copy written")
+
+    run_bridge(broker, tsdb, body)
+    rows = vm_export(tsdb.port, '{__name__="co2_seq"}')
+    assert len(rows) == 1
+    stored = dict(zip(rows[0]["timestamps"], rows[0]["values"], strict=True))
+    assert len(rows[0]["timestamps"]) == 8, "a replayed reading was stored twice"
+    assert stored == {to_epoch_ms(r.ts): float(r.seq) for r in batch + close}
+
+
+def test_two_bridges_split_the_sites_and_write_everything_once(
+    broker: ServerProcess, tsdb: ServerProcess
+) -> None:
+    """Scaling out without ``$share``: each bridge its own persistent session and its own sites."""
+    sites = {"bridge-a": ["kg-1", "kg-2"], "bridge-b": ["kg-3"]}
+    per_message, per_device = 5, 6
     messages = [
         (
-            f"canary/kg/telemetry/{device}",
+            f"canary/{site}/telemetry/{device}",
             encode_telemetry(
-                "kg",
-                device,
-                readings(device, 1 + d * 1000 + m * per_message, per_message),
+                site, device, readings(device, 1 + d * 1000 + m * per_message, per_message)
             ),
         )
-        for d, device in enumerate(devices)
+        for site in ("kg-1", "kg-2", "kg-3")
+        for d, device in enumerate(("room-1", "room-2"))
         for m in range(per_device)
     ]
     total = len(messages) * per_message
+
+    def config(client_id: str) -> GatewayConfig:
+        return bridge_config(
+            broker,
+            tsdb,
+            influx={"flush_interval": 0.05, "batch_size": 5},
+            client_id=client_id,
+            sites=sites[client_id],
+        )
 
     async def main() -> list[Bridge]:
         bridges = [
@@ -211,7 +280,7 @@ def test_two_bridges_share_the_load_and_write_everything_once(
                     url=f"http://127.0.0.1:{tsdb.port}", org="o", bucket="b", token=None
                 ),
             )
-            for name in ("bridge-a", "bridge-b")
+            for name in sites
         ]
         tasks = [asyncio.create_task(b.run()) for b in bridges]
         try:
@@ -220,7 +289,7 @@ def test_two_bridges_share_the_load_and_write_everything_once(
             await asyncio.to_thread(publish, broker.port, messages)
             await until(
                 lambda: sum(b.stats.messages_acked for b in bridges) >= len(messages),
-                20,
+                30,
                 "both bridges to acknowledge everything",
             )
         finally:
@@ -231,6 +300,105 @@ def test_two_bridges_share_the_load_and_write_everything_once(
 
     bridges = asyncio.run(main())
     written = [b.stats.points_written for b in bridges]
-    assert all(w > 0 for w in written), f"one bridge did all the work: {written}"
-    assert sum(written) == total
-    assert len(series(tsdb.port, "co2_seq")) == total
+    assert written == [total * 2 // 3, total // 3], written
+    rows = vm_export(tsdb.port, '{__name__="co2_seq"}')
+    per_site: dict[str, int] = {}
+    for row in rows:
+        site = row["metric"]["site"]
+        per_site[site] = per_site.get(site, 0) + len(row["values"])
+    assert per_site == {"kg-1": total // 3, "kg-2": total // 3, "kg-3": total // 3}
+
+
+def test_a_bridge_given_sites_drops_the_catch_all_its_session_used_to_have(
+    broker: ServerProcess, tsdb: ServerProcess
+) -> None:
+    """A session keeps its subscriptions: a bridge that took every site and is restarted with
+    ``sites`` must not keep receiving the others (they belong to another bridge now)."""
+
+    async def nothing(bridge: Bridge) -> None:
+        pass
+
+    run_bridge(broker, tsdb, nothing, client_id="bridge-x")  # subscribes canary/+/telemetry/+
+    mine = readings("room-1", 1, 3)
+    theirs = readings("room-9", 1, 3)
+
+    async def body(bridge: Bridge) -> None:
+        await asyncio.to_thread(
+            publish,
+            broker.port,
+            [
+                ("canary/other/telemetry/room-9", encode_telemetry("other", "room-9", theirs)),
+                ("canary/kg/telemetry/room-1", encode_telemetry("kg", "room-1", mine)),
+            ],
+        )
+        await until(lambda: bridge.stats.messages_acked >= 1, 15, "its own site's message")
+
+    # The catch-all is dropped on connect, before anything is published.
+    run_bridge(broker, tsdb, body, client_id="bridge-x", sites=["kg"])
+    sites = {row["metric"]["site"] for row in vm_export(tsdb.port, '{__name__="co2_seq"}')}
+    assert sites == {"kg"}
+
+
+def test_a_point_the_store_accepts_but_never_keeps_is_dead_lettered_not_held_forever(
+    broker: ServerProcess, tsdb: ServerProcess
+) -> None:
+    """VictoriaMetrics answers 204 to a sample more than 2 days ahead of its clock and drops it.
+    The read-back misses it every time; after `MAX_REWRITES` the message is dead-lettered with
+    the reason, and the stream behind it is not blocked."""
+    future = Reading(
+        device="room-1",
+        metric="co2",
+        value=1.0,
+        unit="ppm",
+        ts=utc_ms(datetime.now(UTC) + timedelta(days=30)),
+        seq=1,
+    )
+    later = readings("room-1", 2, 3)
+    dead = MqttCapture(broker.port, "canary/kg/deadletter").start()
+    try:
+
+        async def body(bridge: Bridge) -> None:
+            await asyncio.to_thread(
+                publish,
+                broker.port,
+                [
+                    ("canary/kg/telemetry/room-1", encode_telemetry("kg", "room-1", [future])),
+                    ("canary/kg/telemetry/room-1", encode_telemetry("kg", "room-1", later)),
+                ],
+            )
+            await until(lambda: bridge.stats.messages_acked == 2, 30, "both settled")
+            assert bridge.stats.rewrites == MAX_REWRITES
+            assert bridge.stats.dead_letters == 1
+
+        run_bridge(broker, tsdb, body, ack_delay=0.2)
+        letters = [m.json() for m in dead.snapshot()]
+    finally:
+        dead.stop()
+    assert len(letters) == 1
+    assert "does not keep them" in letters[0]["reason"]
+    assert sorted(series(tsdb.port, "co2_seq").values()) == [2.0, 3.0, 4.0]
+
+
+def test_held_messages_survive_a_broker_restart_and_are_acknowledged_once_after_it(
+    broker: MosquittoServer, tsdb: ServerProcess
+) -> None:
+    """Acks held when the connection drops are never sent on the new connection (its packet ids
+    name other messages); the broker redelivers, the bridge writes again, the store keeps one."""
+    batch = [readings("room-1", 1 + 5 * m, 5) for m in range(4)]
+    messages = [("canary/kg/telemetry/room-1", encode_telemetry("kg", "room-1", b)) for b in batch]
+
+    async def body(bridge: Bridge) -> None:
+        await asyncio.to_thread(publish, broker.port, messages)
+        await until(lambda: bridge.stats.points_written == 20, 10, "all four written")
+        assert bridge.stats.messages_acked == 0
+        await asyncio.to_thread(broker.stop)
+        await asyncio.to_thread(broker.start)
+        await until(
+            lambda: bridge.stats.messages_acked == 4 and bridge.held == 0,
+            30,
+            "the redelivered copies acknowledged",
+        )
+        assert bridge.stats.points_written == 40  # written again after the redelivery
+
+    run_bridge(broker, tsdb, body, ack_delay=2)
+    assert sorted(series(tsdb.port, "co2_seq").values()) == [float(s) for s in range(1, 21)]

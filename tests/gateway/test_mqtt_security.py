@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +90,17 @@ def tls_capture(port: int, pki: Pki, topic: str) -> MqttCapture:
 
 
 def make_readings(first: int, count: int) -> list[Reading]:
+    # One timestamp per reading: the store keeps one sample per series and millisecond.
     ts = utc_ms(datetime.now(UTC))
     return [
-        Reading(device="meter-1", metric="power", value=float(seq), unit="W", ts=ts, seq=seq)
+        Reading(
+            device="meter-1",
+            metric="power",
+            value=float(seq),
+            unit="W",
+            ts=ts + timedelta(milliseconds=seq),
+            seq=seq,
+        )
         for seq in range(first, first + count)
     ]
 
