@@ -418,7 +418,9 @@ def test_sigkill_while_the_backlog_drains_loses_nothing(
     # Each kill declared the numbers it may have used as a gap; nothing is missing outside them,
     # and the whole prefilled backlog (stored before the first start, never in a gap) is there.
     gaps = capture.declared_gaps()
-    assert len(gaps) == kills
+    # One declaration per kill, except that a start killed before it stored or reserved anything
+    # new widens the previous declaration (same first number) instead of adding one.
+    assert 0 < len(gaps) <= kills
     assert not unexplained(set(seqs), last_seq, gaps), "a gap nobody declared"
     assert set(range(1, backlog + 1)) <= set(seqs)
 
