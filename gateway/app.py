@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import counters
-from gateway.buffer import BufferLimits, BufferWorker, SqliteBuffer
+from gateway.buffer import Buffer, BufferLimits, BufferWorker, SqliteBuffer
 from gateway.buffer.base import Gap
 from gateway.buffer.sqlite import current_boot_id
 from gateway.buffer.writebehind import WriteBehind
@@ -92,7 +92,9 @@ async def run_gateway(
         # Off the loop: opening runs PRAGMA quick_check over the whole file (seconds on a slow
         # card with a large backlog), and may move a damaged file aside.
         storage = await asyncio.to_thread(_open_buffer, config.buffer)
-        buffer, sequence = await _delivery(storage, config.buffer, stack)
+        buffer, sequence = await open_delivery(
+            storage, commit_interval=config.buffer.commit_interval, stack=stack
+        )
         publisher = MqttPublisher(config=config.mqtt, site=config.site.id, buffer=buffer)
         monitor = monitor or ClockMonitor(
             sync_generation=sync_source(config.clock), step_tolerance=config.clock.step_tolerance
@@ -201,11 +203,12 @@ def _pollers(
     ]
 
 
-async def _delivery(
-    storage: SqliteBuffer, config: BufferConfig, stack: AsyncExitStack
+async def open_delivery(
+    storage: Buffer, *, commit_interval: float, stack: AsyncExitStack
 ) -> tuple[WriteBehind, SequenceCounter]:
-    """The write-behind buffer over ``storage``, and the sequence counter reserving in it."""
-    interval = config.commit_interval
+    """The write-behind buffer over ``storage`` (closed by ``stack``), and the sequence counter
+    that reserves its numbers in it: how the daemon (and the power-cut test's writer) deliver."""
+    interval = commit_interval
     buffer = WriteBehind(BufferWorker(storage, commit_interval=interval), commit_interval=interval)
     stack.push_async_callback(buffer.close)
     await buffer.start()

@@ -1,9 +1,9 @@
 """Child process of the power-cut test: the gateway's polling and draining, on the buffer under test.
 
 It runs what the daemon runs between a poller and the broker: a real `BusPoller` (with the real
-`SequenceCounter`, numbering from the buffer's high-water mark as `gateway.app` does) polls
-simulated meters every ``--interval`` seconds and stages the readings on a real `BufferWorker` over
-a real `SqliteBuffer` (group commits every ``--commit-interval``). A drain loop does what
+`SequenceCounter`, reserving its numbers in the buffer, from `gateway.app.open_delivery`) polls
+simulated meters every ``--interval`` seconds and stages the readings on the real write-behind
+buffer over a real `SqliteBuffer` (written when not acknowledged within ``--commit-interval``). A drain loop does what
 `gateway.sinks.mqtt.MqttPublisher` does with the buffer: live readings first, then the backlog,
 ``begin`` a batch, "publish" it, and on the simulated broker's PUBACK (after a random delay)
 ``end(accepted=True)``; now and then a batch is refused and handed back, and the broker goes away
@@ -14,11 +14,12 @@ Everything it does goes to a side channel that is *not* on the filesystem under 
 a normal disk whose page cache outlives this process), one line per event, written with a single
 ``write`` so that a SIGKILL never leaves half a line:
 
-- ``ready <start_seq> <pending> <recovered_from|->``: the buffer is open.
+- ``ready <start_seq> <pending> <recovered_from|-> <gaps|->``: the buffer is open; ``gaps`` are
+  the declared gaps waiting to be announced (``a:b,c:d``).
 - ``poll <t> <first> <last>``: readings ``first..last`` exist in memory (staged) since ``t``.
-- ``commit-begin <t> <first> <last> <acked>`` / ``commit <t> <first> <last> <acked>``: a commit of
-  readings ``first..last`` (0 0: none) and of the deletion of the ``acked`` seqs (ranges ``a-b,c``
-  or ``-``) started / returned. ``commit-failed <t> <error>`` if it raised.
+- ``commit-begin <t> <stored> <acked>`` / ``commit <t> <stored> <acked>``: a commit of the
+  ``stored`` readings and of the deletion of the ``acked`` seqs (ranges ``a-b,c`` or ``-``)
+  started / returned. ``commit-failed <t> <error>`` if it raised.
 - ``publish <seq>=<content> ...``: a batch went to the "broker" (content: see `content`).
 - ``ack <seqs>`` / ``nack <seqs>``: the broker acknowledged (the readings are delivered) / refused.
 - ``broker up|down``: the simulated connection changed.
@@ -48,8 +49,10 @@ import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from gateway.buffer import Batch, BufferWorker, SqliteBuffer
+from gateway.app import open_delivery
+from gateway.buffer import Batch, SqliteBuffer
 from gateway.buffer.sqlite import Synchronous
+from gateway.buffer.writebehind import WriteBehind
 from gateway.model import MetricSpec, Reading, Value, to_epoch_ms
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
 
@@ -112,16 +115,17 @@ class RecordingBuffer(SqliteBuffer):
         readings: Sequence[Reading],
         accepted: Sequence[Batch],
         offsets: Mapping[int, int] | None = None,
+        adopted: Sequence[Batch] = (),
     ) -> int:
-        first, last = (readings[0].seq, readings[-1].seq) if readings else (0, 0)
+        stored = ranges(r.seq for r in readings)
         acked = ranges(r.seq for batch in accepted for r in batch.readings)
-        self._channel.send("commit-begin", f"{time.monotonic():.6f}", first, last, acked)
+        self._channel.send("commit-begin", f"{time.monotonic():.6f}", stored, acked)
         try:
-            dropped = super().commit(readings, accepted, offsets)
+            dropped = super().commit(readings, accepted, offsets, adopted)
         except BaseException as exc:
             self._channel.send("commit-failed", f"{time.monotonic():.6f}", type(exc).__name__)
             raise
-        self._channel.send("commit", f"{time.monotonic():.6f}", first, last, acked)
+        self._channel.send("commit", f"{time.monotonic():.6f}", stored, acked)
         return dropped
 
 
@@ -147,7 +151,7 @@ class SimulatedMeter:
 
 
 async def drain(
-    worker: BufferWorker, channel: Channel, rng: random.Random, *, batch_size: int, inflight: int
+    worker: WriteBehind, channel: Channel, rng: random.Random, *, batch_size: int, inflight: int
 ) -> None:
     """The publisher's use of the buffer, with a simulated broker that comes and goes."""
     connected = asyncio.Event()
@@ -201,12 +205,26 @@ async def run(args: argparse.Namespace) -> None:
     storage = RecordingBuffer(
         args.db, channel=channel, synchronous=synchronous, boot_id=args.boot_id
     )
-    worker = BufferWorker(storage, commit_interval=args.commit_interval)
-    start = await worker.last_seq()
-    sequence = SequenceCounter(start)  # as gateway.app does
-    channel.send("ready", start, await worker.pending(), storage.recovered_from or "-")
-    print("ready", flush=True)
+    async with contextlib.AsyncExitStack() as stack:
+        # What the daemon runs: write-behind over the buffer, numbers reserved in it.
+        worker, sequence = await open_delivery(
+            storage, commit_interval=args.commit_interval, stack=stack
+        )
+        gaps = ",".join(f"{g.from_seq}:{g.to_seq}" for g in await worker.declared_gaps()) or "-"
+        channel.send(
+            "ready", sequence.last, await worker.pending(), storage.recovered_from or "-", gaps
+        )
+        print("ready", flush=True)
+        await poll_and_drain(args, channel, rng, worker, sequence)
 
+
+async def poll_and_drain(
+    args: argparse.Namespace,
+    channel: Channel,
+    rng: random.Random,
+    worker: WriteBehind,
+    sequence: SequenceCounter,
+) -> None:
     async def stage(readings: Sequence[Reading]) -> None:
         channel.send("poll", f"{time.monotonic():.6f}", readings[0].seq, readings[-1].seq)
         worker.stage(readings)

@@ -29,8 +29,10 @@ recover and rewrite it before the next writer does):
 - *loss beyond the window*: lost, never committed readings that had been staged before the last
   commit that returned began (so the worker skipped them): older than the one window a cut may
   cost. The age of the oldest lost reading is measured too;
+- *undeclared loss*: a lost reading (committed or not) outside every gap the buffer declares when
+  it opens what survived (`gateway.buffer.Gap`): the proof of completeness could not explain it;
 - across all cuts: a sequence number published twice with different content (the proof of
-  completeness broken), and, measured only, numbers handed out again after a cut.
+  completeness broken), and numbers handed out again after a cut.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gateway.buffer.sqlite import _decode
+from gateway.buffer.sqlite import SqliteBuffer, _decode
 from tests.powercut.fs import Op, PowerCutDisk
 from tests.powercut.gateway_writer import content, parse_ranges
 from tests.powercut.lines import LineReader
@@ -165,6 +167,9 @@ class Findings:
     republished_same: int = 0
     #: Sequence numbers handed out (polled) again after a cut.
     reused_seqs: int = 0
+    #: Readings a cut lost (committed or not) outside every gap the buffer declared after it.
+    undeclared_lost: int = 0
+    undeclared_cuts: list[tuple[int, int, list[int]]] = field(default_factory=list)
     #: Runs that started numbering below a seq already published.
     restarts_below_published: int = 0
     #: Seconds from spawn to "ready", and from "ready" to the cut, summed over the cuts.
@@ -192,6 +197,7 @@ class Findings:
             f"uncommitted readings lost (the window): {self.uncommitted_lost}, the oldest polled "
             f"{self.max_loss_age:.3f} s before the cut (cut {self.max_loss_cut}; longest commit "
             f"{self.max_commit_seconds:.3f} s); "
+            f"lost outside a declared gap: {self.undeclared_lost} {self.undeclared_cuts[:3]}; "
             f"seqs published twice with different content: {len(self.published_twice)}; "
             f"stored content differing from published: {self.stored_differs}; "
             f"re-published unchanged: {self.republished_same}; seqs handed out again: "
@@ -204,8 +210,9 @@ class Findings:
 class _RunLog:
     ready: tuple[int, int, str] | None = None
     polls: list[tuple[float, int, int]] = field(default_factory=list)
-    begun: list[tuple[float, int, int]] = field(default_factory=list)
-    done: list[tuple[float, int, int, list[int]]] = field(default_factory=list)
+    #: (time, seqs stored) of every commit begun / returned.
+    begun: list[tuple[float, list[int]]] = field(default_factory=list)
+    done: list[tuple[float, list[int]]] = field(default_factory=list)
     published: list[tuple[int, str]] = field(default_factory=list)
     acked: set[int] = field(default_factory=set)
 
@@ -215,13 +222,13 @@ class _RunLog:
         for line in text.splitlines():
             word, *rest = line.split(" ")
             if word == "ready":
-                run.ready = (int(rest[0]), int(rest[1]), rest[2])
+                run.ready = (int(rest[0]), int(rest[1]), rest[2])  # rest[3]: gaps, read below
             elif word == "poll":
                 run.polls.append((float(rest[0]), int(rest[1]), int(rest[2])))
             elif word == "commit-begin":
-                run.begun.append((float(rest[0]), int(rest[1]), int(rest[2])))
+                run.begun.append((float(rest[0]), parse_ranges(rest[1])))
             elif word == "commit":
-                run.done.append((float(rest[0]), int(rest[1]), int(rest[2]), parse_ranges(rest[3])))
+                run.done.append((float(rest[0]), parse_ranges(rest[1])))
             elif word == "publish":
                 for item in rest:
                     seq, _, text_ = item.partition("=")
@@ -256,6 +263,18 @@ def read_image(path: Path) -> BufferImage | None:
             found = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
             last_seq = int(found[0]) if found else 0
     return BufferImage(integrity, rows, last_seq)
+
+
+def declared_gaps(path: Path) -> list[tuple[int, int]]:
+    """The gaps the gateway's buffer declares when it opens the copy at ``path`` (read last: the
+    open writes to the copy)."""
+    if not path.exists():
+        return []
+    buffer = SqliteBuffer(path, declared_at_ms=0)
+    try:
+        return [(gap.from_seq, gap.to_seq) for gap in buffer.declared_gaps()]
+    finally:
+        buffer.close()
 
 
 @dataclass
@@ -312,7 +331,16 @@ def run_power_cuts(
             disk.fs.export(copy)
             run = _RunLog.parse(log.read_text() if log.exists() else "")
             image = read_image(copy / DB_NAME)
-            _check(cut=cut, run=run, image=image, cut_at=cut_at, history=history, findings=findings)
+            declared = declared_gaps(copy / DB_NAME)
+            _check(
+                cut=cut,
+                run=run,
+                image=image,
+                declared=declared,
+                cut_at=cut_at,
+                history=history,
+                findings=findings,
+            )
             findings.cuts += 1
             if progress:
                 print(f"cut {cut + 1}/{cuts} {plan.kind}: {findings.summary()}", file=sys.stderr)
@@ -422,11 +450,14 @@ def _check(
     cut: int,
     run: _RunLog,
     image: BufferImage | None,
+    declared: list[tuple[int, int]],
     cut_at: float,
     history: _History,
     findings: Findings,
 ) -> None:
-    """Judge one cut (see the module docstring) and carry what survived to the next."""
+    """Judge one cut (see the module docstring) and carry what survived to the next.
+
+    ``declared`` are the gaps the buffer declares when it opens what survived."""
     if run.ready is not None:
         start, _pending, recovered = run.ready
         if recovered != "-":
@@ -443,9 +474,13 @@ def _check(
         image = BufferImage(["ok"], {}, 0)
     if image.integrity != ["ok"]:
         findings.integrity_failures.append(f"cut {cut}: {image.integrity[:5]}")
-    _check_losses(
+    lost = _check_losses(
         cut=cut, run=run, present=image.rows, cut_at=cut_at, history=history, findings=findings
     )
+    undeclared = {s for s in lost if not any(a <= s <= b for a, b in declared)}
+    findings.undeclared_lost += len(undeclared)
+    if undeclared:
+        findings.undeclared_cuts.append((cut, len(undeclared), sorted(undeclared)[:5]))
     for seq, text in image.rows.items():
         if history.published.get(seq, text) != text:
             findings.stored_differs += 1
@@ -471,8 +506,9 @@ def _check_losses(
     cut_at: float,
     history: _History,
     findings: Findings,
-) -> None:
-    committed = {s for _t, first, last, _a in run.done if first for s in range(first, last + 1)}
+) -> set[int]:
+    """Count this cut's losses; returns every reading it lost (committed or not)."""
+    committed = {s for _t, stored in run.done for s in stored}
     polled_at = {s: t for t, first, last in run.polls for s in range(first, last + 1)}
     findings.polled += len(polled_at)
     findings.committed += len(committed)
@@ -489,7 +525,7 @@ def _check_losses(
         if lost == must:
             findings.cuts_losing_all += 1
     # Staged before the last commit that returned began, so in it or in an earlier one.
-    last_done = max((last for _t, first, last, _a in run.done if first), default=0)
+    last_done = max((max(stored) for _t, stored in run.done if stored), default=0)
     uncommitted = (polled_at.keys() - committed - run.acked) - present.keys()
     findings.uncommitted_lost += len(uncommitted)
     beyond = {s for s in uncommitted if s <= last_done}
@@ -498,3 +534,4 @@ def _check_losses(
     ages = [cut_at - polled_at[s] for s in uncommitted]
     if ages and max(ages) > findings.max_loss_age:
         findings.max_loss_age, findings.max_loss_cut = max(ages), cut
+    return lost | uncommitted
