@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -487,45 +488,36 @@ class ModbusLine:
     async def _send(self, frame: bytes, what: str) -> float:
         """Write ``frame`` (driving RTS around it if asked to); the loop time of the write."""
         port = self._serial
-        loop = asyncio.get_running_loop()
-        software_rts = self.settings.rts == "software"
-        if software_rts:
-            self._set_rts(port, sending=True, what=what)
         try:
-            try:
-                written = port.write(frame)
-            except (serial.SerialException, OSError) as exc:
-                self._lost = exc
-                raise DeviceTimeout(f"{what}: write failed: {exc}") from exc
-            sent = loop.time()
-            if written != len(frame):
-                # A serial driver's transmit buffer holds kilobytes; 8 bytes not fitting means a
-                # wedged adapter. Treat it as no answer; the scheduler reopens the port.
-                raise DeviceTimeout(f"{what}: could write only {written} of {len(frame)} bytes")
-            if software_rts:
-                await self._drained(port, loop, sent + self._wire(len(frame)))
-        finally:
-            if software_rts and self._serial is not None:
-                self._set_rts(port, sending=False, what=what)
-        return sent
-
-    async def _drained(self, port: Any, loop: asyncio.AbstractEventLoop, on_wire: float) -> None:
-        """Wait until the frame has left the wire: its wire time at the baud rate (some drivers'
-        drain returns once the bytes left the host, not the wire), then the driver's drain
-        (tcdrain: blocking, so in a thread)."""
-        await asyncio.sleep(max(0.0, on_wire - loop.time()))
-        try:
-            await asyncio.to_thread(port.flush)
-        except (serial.SerialException, OSError) as exc:
-            self._lost = exc
-            raise DeviceTimeout(f"{self!r}: drain failed: {exc}") from exc
-
-    def _set_rts(self, port: Any, *, sending: bool, what: str) -> None:
-        try:
-            port.rts = sending != self.settings.rts_invert
+            if self.settings.rts == "software":
+                # In a thread: the release must follow the last bit within the unit's t3.5 +
+                # turnaround, which a thread's sleep keeps better than a busy event loop.
+                written, sent = await asyncio.to_thread(self._write_driven, port, frame)
+            else:
+                written, sent = port.write(frame), asyncio.get_running_loop().time()
         except (serial.SerialException, OSError, ValueError) as exc:
             self._lost = exc
-            raise DeviceTimeout(f"{what}: cannot drive RTS: {exc}") from exc
+            raise DeviceTimeout(f"{what}: write failed: {exc}") from exc
+        if written != len(frame):
+            # A serial driver's transmit buffer holds kilobytes; 8 bytes not fitting means a
+            # wedged adapter. Treat it as no answer; the scheduler reopens the port.
+            raise DeviceTimeout(f"{what}: could write only {written} of {len(frame)} bytes")
+        return float(sent)
+
+    def _write_driven(self, port: Any, frame: bytes) -> tuple[int, float]:
+        """Software direction control, blocking: RTS to the transmit level, write, wait the
+        frame's wire time at the baud rate (counted from the write: some drivers' drain returns
+        once the bytes left the host, not the wire) and the driver's drain, RTS back."""
+        invert = self.settings.rts_invert
+        port.rts = not invert
+        try:
+            written = port.write(frame)
+            sent = time.monotonic()  # the event loop's clock
+            time.sleep(max(0.0, sent + self._wire(len(frame)) - time.monotonic()))
+            port.flush()
+        finally:
+            port.rts = invert
+        return written, sent
 
     async def _wait_rx(self, until: float) -> None:
         self._rx_event.clear()
