@@ -3,15 +3,22 @@
 An RTU frame is ``unit | function | data | CRC-16/Modbus (low byte first)``. Frames carry no length
 field and no transaction id: the receiver knows a frame ended from its expected length (for the
 read functions the master uses) or from 3.5 character times of silence, and it matches an answer
-to its request only by unit id and function code. The parser here therefore takes what the
-master expects (unit, function, register count) and tells apart, for `drivers.modbus.line`:
+to its request only by unit id, function code and size. `parse_read_answer` therefore takes what
+the master expects (unit, function, register count) and what else may legitimately be on the
+line (`Expected`: late answers to failed requests, copies of last answers, and when a real answer
+can arrive at the earliest) and finds the valid answer to *our* request anywhere in the bytes
+received, for `drivers.modbus.line`. Everything else is named, never decoded into values:
 
-- a complete, valid answer (registers) or exception answer (code);
-- a complete frame of the expected shape whose CRC is wrong;
-- a complete, valid frame from *another* unit or for another request (a stray, e.g. a late answer
-  after a timeout), which is skipped so it cannot spoil the current transaction;
-- bytes that cannot (yet) be judged: the caller decides "truncated" or "garbage" once the line
-  has been silent long enough.
+- complete CRC-valid frames that ``expected`` explains are *stale* (late answers, duplicates);
+- other complete frames before our answer are *strays*; bytes in no frame are *noise*;
+- without our answer, the first of: a frame with our header and a wrong CRC (``crc``); a byte
+  count that is impossible, disagrees with the frame's length or fits no request of ours
+  (``byte_count``); our unit answering another function (``wrong_function``); another unit
+  answering with no reason to (``wrong_unit``); else "pending", with the bytes an incomplete
+  frame of ours still lacks: the caller decides "truncated", "garbage" or "timeout" in time.
+
+A frame found is skipped as a whole (its data is never searched for frames); any other byte is
+passed over one at a time, so our answer is found behind noise of any length.
 
 Timing (Modbus over serial line, V1.02, 2.5.1.1): a character is 11 bits (start, 8 data, parity or
 a second stop bit, stop); frames are separated by at least t3.5 = 3.5 character times, fixed at

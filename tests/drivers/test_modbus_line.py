@@ -10,6 +10,7 @@ request it answered (`tests.hostile_rtu.trace`).
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -405,3 +406,63 @@ def test_the_recorded_register_encoding_traces_values() -> None:
     words = registers(17, 342, 2)
     (value,) = struct.unpack(">f", struct.pack(">HH", *words))
     assert value == 17_342.0
+
+
+# --- RTU over TCP ----------------------------------------------------------------------------
+
+
+async def tcp_converter(serial_path: str) -> asyncio.Server:
+    """A transparent serial-to-Ethernet converter: one TCP client's bytes to the serial line
+    (the peer's PTY) and back, unchanged, as they come."""
+    loop = asyncio.get_running_loop()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        fd = os.open(serial_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        loop.add_reader(fd, lambda: writer.write(os.read(fd, 4096)))
+        try:
+            while data := await reader.read(4096):
+                os.write(fd, data)
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def test_rtu_over_tcp_gets_the_same_validation_and_sync_reads() -> None:
+    """Through a converter the line has no baud rate (no gap, no wire-time bound), but a late
+    answer is still told from the real one by the sync read, and noise is still skipped."""
+    peer = HostileLine(
+        units={
+            1: HostileUnit(script=[Action("late", 0.5), Action("noise")], plan=frozenset({(0, 2)})),
+            2: HostileUnit(),
+        }
+    )
+
+    async def main() -> list[tuple[int, ...]]:
+        async with peer:
+            server = await tcp_converter(peer.path)
+            port = server.sockets[0].getsockname()[1]
+            line = ModbusLine(
+                settings=SerialSettings(port=f"socket://127.0.0.1:{port}", baudrate=None)
+            )
+            await line.open()
+            try:
+                with pytest.raises(DeviceTimeout):
+                    await read(line)
+                got = [await read(line), await read(line, unit=2), await read(line)]
+            finally:
+                await line.close()
+                server.close()
+                await server.wait_closed()
+            assert line.faults(1) == {"timeout": 1, "stale": 1}
+            assert line.faults(2) == {}
+            counters = line.counters()
+            assert counters["noise_bytes"] + counters["discarded_bytes"] >= peer.noise_bytes > 0
+            return got
+
+    got = run(main())
+    # 1 late, 2 the sync read, 3 the real read (its answer followed by noise), 4 unit 2, 5 unit 1.
+    assert shapes(peer)[:3] == [(0, 2, "late"), (0, 1, "ok"), (0, 2, "noise")]
+    assert [list(g) for g in got] == [registers(3, 0, 2), registers(4, 0, 2), registers(5, 0, 2)]

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from drivers.modbus.engine import ModbusDriver
 from drivers.modbus.line import LineUnit, ModbusLine, SerialSettings
-from drivers.modbus.profiles import Profile, load_profile, profile_from_table
 from drivers.modbus.planner import plan_profile
+from drivers.modbus.profiles import Profile, load_profile, profile_from_table
 from drivers.modbus.rtu import READ_REQUEST_BYTES, read_response_bytes, t35, wire_time
 from gateway.model import MetricSpec, Reading, Value
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
