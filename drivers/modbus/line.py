@@ -7,7 +7,7 @@ port (`gateway.registry.BusRegistry`, keyed on the port path) and hands it to th
 device on that port; the scheduler runs one task per port, so devices are polled in turn. The
 line's lock makes the one-transaction rule hold even if something else (``gateway read``) uses it.
 
-**Timing.** Before it sends, `transact` waits until the line has been silent for ``t3.5 +
+**Timing.** Before it sends a request, the line waits until the line has been silent for ``t3.5 +
 pause``, counted from the end of the previous transaction *and* from the last byte received (a
 duplicate or late answer still arriving is waited out, then judged and flushed). The answer
 deadline is the request's and the answer's own time on the wire at the baud rate plus the
@@ -372,8 +372,9 @@ class ModbusLine:
         answer may still come; any answer to it means the unit has finished with them (units
         answer in order). It is a transaction like any: a fault or an exception answer is
         counted and raised (the poll fails; the next one needs no sync read, see
-        `_transact`). It reads within the failed read's registers, or two registers from its
-        address when that read was one register."""
+        `_transact`). It reads from the same address the smallest register count no expected
+        answer has: one register after a failed longer read, so it stays within registers the
+        unit serves; two (or more, after a failed sync read) after a failed one-register read."""
         taken = {size for f, size in self._late.get(unit_id, {}) if f == function}
         size = next(c for c in range(1, 126) if c != count and 2 * c not in taken)
         start = min(address, 0x10000 - size)
