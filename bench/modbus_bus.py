@@ -6,7 +6,10 @@ compared with the physical limit of one transaction:
 
     T = (13 + 2N) * 11 / baud + 2 * t3.5 + turnaround
 
-(request 8 bytes, answer 5 + 2N bytes, a gap after each frame, the device's turnaround). Then a
+(request 8 bytes, answer 5 + 2N bytes, a gap after each frame, the device's turnaround). The line
+runs with every rule of issue 15: the answer searched for anywhere in what arrived and checked
+against the wire-time lower bound, silence since the last byte received before each request,
+the deadline including the answer's wire time. Then a
 full SDM630 poll cycle through the engine is counted in transactions and compared with the
 planner's minimal plan (`drivers.modbus.planner.plan_profile`).
 

@@ -264,6 +264,13 @@ class RtuTransport(_Model):
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
     pause: LinePause = 0.0
+    #: The adapter hears its own transmission: read our request back (checked) before the answer.
+    echo: bool = False
+    #: Who switches the transceiver's direction: the adapter itself ("none"), the serial driver
+    #: ("kernel", Linux RS-485 mode) or the gateway toggling RTS around each request ("software").
+    rts: Literal["none", "kernel", "software"] = "none"
+    #: Release RTS while sending and assert it while receiving (boards wired the other way round).
+    rts_invert: bool = False
 
     def line_key(self) -> str:
         """The physical line: one serial port."""
@@ -271,7 +278,16 @@ class RtuTransport(_Model):
 
     def settings(self) -> tuple[object, ...]:
         """What every device on the line must agree on."""
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize, self.pause)
+        return (
+            self.baudrate,
+            self.parity,
+            self.stopbits,
+            self.bytesize,
+            self.pause,
+            self.echo,
+            self.rts,
+            self.rts_invert,
+        )
 
 
 class RtuOverTcpTransport(_Model):
@@ -676,7 +692,8 @@ def _check_shared_lines(config: GatewayConfig, source: str) -> None:
         if device.transport.settings() != transport.settings():
             raise ConfigError(
                 f"{source}: devices[{index}].transport: devices on one line share its settings "
-                f"(baudrate, parity, stopbits, bytesize, pause); devices[{other}] uses "
+                f"(baudrate, parity, stopbits, bytesize, pause, echo, rts, rts_invert); "
+                f"devices[{other}] uses "
                 f"{transport.model_dump(exclude={'kind'})}"
             )
     units: dict[tuple[str, int], int] = {}

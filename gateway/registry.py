@@ -59,6 +59,9 @@ class BusRegistry:
                     parity=transport.parity,
                     stopbits=transport.stopbits,
                     bytesize=transport.bytesize,
+                    echo=transport.echo,
+                    rts=transport.rts,
+                    rts_invert=transport.rts_invert,
                 )
             else:
                 url = f"socket://{transport.host}:{transport.port}"

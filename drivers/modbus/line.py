@@ -7,30 +7,51 @@ port (`gateway.registry.BusRegistry`, keyed on the port path) and hands it to th
 device on that port; the scheduler runs one task per port, so devices are polled in turn. The
 line's lock makes the one-transaction rule hold even if something else (``gateway read``) uses it.
 
-**Where the timing lives**: `transact` waits until ``t3.5 + pause`` have passed since the last
-byte of the previous transaction (request sent or answer received) before it sends, so the gap
-the baud rate requires and the configured pause are enforced here, not by the scheduler. The
-answer deadline starts when the request has left the wire (its bytes at the baud rate) and lasts
-the device's ``response_timeout``.
+**Timing.** Before it sends a request, the line waits until the line has been silent for ``t3.5 +
+pause``, counted from the end of the previous transaction *and* from the last byte received (a
+duplicate or late answer still arriving is waited out, then judged and flushed). The answer
+deadline is the request's and the answer's own time on the wire at the baud rate plus the
+device's ``response_timeout``, so a long answer at 9600 baud is never cut off.
 
-**Faults** become exactly one `DeviceError` each:
+**Which answer is ours** (`drivers.modbus.rtu.parse_read_answer`): the frame with our unit, our
+function (or its exception), byte count ``2N`` and a right CRC, found anywhere in what arrived,
+and not complete before it physically could be (request and answer on the wire at the baud
+rate). What precedes it is skipped and counted on the line: noise bytes, frames of other units,
+late answers and duplicates. Without a valid answer, one `DeviceError` per transaction:
 
-- no byte of an answer before the deadline → `DeviceTimeout` ("timeout");
-- a complete frame of the expected shape with a wrong CRC → `DecodeError` ("crc");
-- our unit and function, then silence before the frame is complete → `DecodeError` ("truncated");
-- bytes that are not a frame of ours, then silence → `DecodeError` ("garbage");
-- our header with an impossible byte count → `DecodeError` ("malformed");
-- an exception answer: 06 → `DeviceBusy`, any other code → `DeviceRejected` ("exception-0xNN").
+- nothing (or only late answers of others) before the deadline → `DeviceTimeout` ("timeout");
+- a frame with our header and a wrong CRC → `DecodeError` ("crc");
+- our header, then silence for the missing bytes' wire time plus ``frame_silence`` →
+  ``truncated``; bytes that are no frame of ours by the deadline → ``garbage``;
+- a valid frame of our unit for another function → ``wrong_function``; our header with an
+  impossible byte count, one that disagrees with the frame's length, or a valid answer of
+  another size that no earlier request explains → ``byte_count``; a valid answer from another
+  unit that has no reason to speak → ``wrong_unit``;
+- with ``echo``, anything but our own request read back first → ``echo``;
+- an exception answer: 06 → `DeviceBusy`, any other code → `DeviceRejected` (``exception-0xNN``).
 
-After a decode fault the line **resynchronises**: it waits until the input has been silent for
-``frame_silence`` and discards whatever arrived, so the rest of a garbled frame cannot spoil the
-next device's answer. Before every request the input buffer is flushed too. A late answer that
-arrives while another device's transaction is running is a complete, CRC-valid foreign frame and
-is skipped (`stray_frames`). A late answer from the *same* unit to an identical request could not
-be told from the real one (RTU has no transaction id), so after a timeout the line sends nothing
-more to that unit until one more ``response_timeout`` has passed (its late-answer window); other
-units use the line meanwhile. The scheduler retries a failed device only after its interval, so
-in practice the window has passed already. An answer later than twice the timeout is lost.
+A fault is judged once the line has gone quiet (``frame_silence``), so a valid answer arriving
+behind a broken frame still wins; then the line waits for silence again, and what arrives
+meanwhile is judged and dropped before the next request.
+
+**Stale answers** (RTU has no transaction id). After a timeout or a decode fault with unit U,
+the line expects that request's answer may still come, for ``LATE_FACTOR * response_timeout``
+(the field case: answers 1.5-2.2 s after the request with a 1 s timeout). While it is expected,
+a frame of that shape from U is ``stale`` (counted for U, skipped; it never fails another unit's
+transaction), and the line never sends U a request whose answer would look the same: it first
+sends a **sync read** (same function and address, a register count no outstanding request has),
+whose answer proves U has finished with the old request (units answer in order); then the real
+request follows. A copy of a unit's last answer, byte for byte, is ``stale`` too (duplicates).
+The residual limit: a copy of an answer from a unit that had no failure, arriving after the next
+request of the same shape to the same unit and no sooner than that request's answer could, looks
+exactly like the answer; RTU framing cannot tell them apart.
+
+**RS-485 adapters.** ``echo``: the adapter hears its own transmission; the request is read back
+byte for byte before the answer. ``rts``: ``"none"`` (the adapter switches direction itself),
+``"kernel"`` (the serial driver drives RTS, Linux TIOCSRS485 via pyserial's ``rs485_mode``),
+``"software"`` (RTS asserted before the write and released once the request's wire time has
+passed and the driver's queue is empty; fine up to 19200 baud, where the unit's own t3.5 covers
+the event loop's latency).
 
 Silence, not t3.5, ends a broken frame: USB-RS485 adapters deliver bytes in chunks up to 16 ms
 apart (FTDI latency timer), so ``frame_silence`` defaults to ``max(t3.5, 20 ms)``.
@@ -41,25 +62,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import serial
+import serial.rs485
 
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.profiles import RegisterKind
 from drivers.modbus.rtu import (
+    FAULT_VERDICTS,
     READ_HOLDING,
     READ_INPUT,
+    Expected,
+    Parsed,
     Verdict,
+    char_time,
     parse_read_answer,
     read_request,
     read_response_bytes,
+    sort_leftovers,
     t35,
     wire_time,
 )
-from gateway.errors import DecodeError, DeviceBusy, DeviceRejected, DeviceTimeout
+from gateway.errors import (
+    DecodeError,
+    DeviceBusy,
+    DeviceError,
+    DeviceRejected,
+    DeviceTimeout,
+    exception_fault,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -67,6 +103,13 @@ _log = logging.getLogger(__name__)
 EXCEPTION_BUSY = 0x06
 #: Lower bound on the silence that ends a broken frame (see the module docstring).
 MIN_FRAME_SILENCE = 0.020
+#: A failed request's answer is expected for this many response timeouts after the failure.
+LATE_FACTOR = 2.0
+#: The longest RTU frame (256 bytes), for bounds on waiting for silence.
+MAX_FRAME_BYTES = 256
+
+#: Who switches an RS-485 transceiver between sending and receiving (see the module docstring).
+RtsControl = Literal["none", "kernel", "software"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +119,8 @@ class SerialSettings:
     ``port`` is a device path (``/dev/ttyUSB0``, a PTY) or a pyserial URL; RTU over TCP uses
     ``socket://HOST:PORT``. ``baudrate`` sets the timing; for RTU over TCP the converter's serial
     side does the timing and ``baudrate`` is ``None`` (no gap is enforced, only ``pause``).
+    ``echo``, ``rts`` and ``rts_invert`` describe the RS-485 adapter (module docstring);
+    ``rts_invert`` releases RTS while sending instead of asserting it.
     """
 
     port: str
@@ -83,6 +128,37 @@ class SerialSettings:
     parity: str = "N"
     stopbits: int = 1
     bytesize: int = 8
+    echo: bool = False
+    rts: RtsControl = "none"
+    rts_invert: bool = False
+
+
+def _serial_for_url(url: str, **options: Any) -> Any:
+    return serial.serial_for_url(url, do_not_open=True, **options)
+
+
+class _Inbox:
+    """Bytes received and not judged yet, with the loop time each chunk arrived."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self._stamps: list[tuple[int, float]] = []  # (end index of a chunk, arrival time)
+
+    def add(self, chunk: bytes, now: float) -> None:
+        self.data += chunk
+        self._stamps.append((len(self.data), now))
+
+    def drop(self, n: int) -> None:
+        """Forget the first ``n`` bytes."""
+        del self.data[:n]
+        self._stamps = [(end - n, t) for end, t in self._stamps if end - n > 0]
+
+    def arrived(self, index: int) -> float:
+        """When byte ``index`` arrived."""
+        for end, t in self._stamps:
+            if index < end:
+                return t
+        return self._stamps[-1][1] if self._stamps else 0.0
 
 
 class ModbusLine:
@@ -90,7 +166,9 @@ class ModbusLine:
 
     `open`/`close` are reference-counted: each device's driver opens the line once, the port is
     opened on the first `open` and closed with the last `close`. ``pause`` is the extra quiet time
-    between transactions some devices need after answering.
+    between transactions some devices need after answering. ``opener(url, **options)`` returns an
+    unopened pyserial-like port (default: ``serial.serial_for_url``); tests pass one that records
+    what a PTY cannot do (the RTS line).
     """
 
     def __init__(
@@ -99,6 +177,7 @@ class ModbusLine:
         settings: SerialSettings,
         pause: float = 0.0,
         frame_silence: float | None = None,
+        opener: Callable[..., Any] | None = None,
     ) -> None:
         if pause < 0:
             raise ValueError(f"pause must be >= 0, got {pause}")
@@ -108,39 +187,60 @@ class ModbusLine:
         self.frame_silence = (
             frame_silence if frame_silence is not None else max(self.gap, MIN_FRAME_SILENCE)
         )
+        self._opener = opener or _serial_for_url
         self._lock = asyncio.Lock()
         self._serial: Any = None
         self._users = 0
-        self._rx = bytearray()
+        self._rx = _Inbox()
         self._rx_event = asyncio.Event()
         self._last_rx = 0.0
         self._last_activity = 0.0
         self._lost: BaseException | None = None
-        #: Completed request/answer exchanges, failed or not.
+        #: Requests sent, sync reads included, failed or not.
         self.transactions = 0
-        #: Complete foreign frames skipped while waiting for an answer (late answers).
+        #: Sync reads sent before a request whose answer a late one could be taken for.
+        self.sync_reads = 0
+        #: Late answers and duplicates recognised and skipped (also in `faults` of their unit).
+        self.stale_frames = 0
+        #: Other complete frames skipped: units speaking with no reason to, not blamed on anyone.
         self.stray_frames = 0
-        #: Bytes thrown away while resynchronising or flushing before a request.
+        #: Bytes of no frame skipped in front of a valid answer.
+        self.noise_bytes = 0
+        #: Bytes of no frame dropped before a request or with a faulty answer.
         self.discarded_bytes = 0
         self._faults: dict[int, Counter[str]] = {}
-        #: unit id -> loop time until which a late answer from it may still arrive.
-        self._late_window: dict[int, float] = {}
+        #: unit -> (function, byte count) of a failed request -> until when its answer may come.
+        self._late: dict[int, dict[tuple[int, int], float]] = {}
+        #: unit -> its last answer (normal or exception), byte for byte.
+        self._copies: dict[int, bytes] = {}
 
     def __repr__(self) -> str:
         return f"ModbusLine({self.settings.port} @ {self.settings.baudrate or 'tcp'})"
 
     def faults(self, unit_id: int) -> Counter[str]:
-        """Faults seen for ``unit_id`` by detailed class (timeout, crc, truncated, garbage,
-        malformed, exception-0xNN); a copy."""
+        """Faults seen for ``unit_id`` by detailed class (`gateway.errors.FAULT_CLASSES` and
+        ``exception-0xNN``), including the ones that did not fail a poll (``stale``); a copy."""
         return Counter(self._faults.get(unit_id, Counter()))
+
+    def counters(self) -> dict[str, int]:
+        """The line's own totals (see the attributes of the same names)."""
+        return {
+            "transactions": self.transactions,
+            "sync_reads": self.sync_reads,
+            "stale_frames": self.stale_frames,
+            "stray_frames": self.stray_frames,
+            "noise_bytes": self.noise_bytes,
+            "discarded_bytes": self.discarded_bytes,
+        }
 
     async def open(self) -> None:
         """Take a reference; opens the port on the first one. Raises `DeviceTimeout` if the
-        port cannot be opened (absent adapter, wrong path, refused TCP)."""
+        port cannot be opened (absent adapter, wrong path, refused TCP, RTS control the port's
+        driver does not support)."""
         if self._serial is None:
             self._serial = await self._open_port()
             self._lost = None
-            self._rx.clear()
+            self._rx = _Inbox()
             loop = asyncio.get_running_loop()
             loop.add_reader(self._serial.fileno(), self._readable)
         self._users += 1
@@ -152,6 +252,18 @@ class ModbusLine:
             self._close_port()
 
     async def _open_port(self) -> Any:
+        try:
+            # Opening a tty is quick, but connecting a socket:// URL blocks: keep it off the loop.
+            return await asyncio.to_thread(self._open_blocking)
+        except _RtsUnsupported as exc:
+            raise DeviceTimeout(
+                f"{self!r}: rts = {self.settings.rts!r} is not supported by this port: "
+                f"{exc.__cause__}"
+            ) from exc
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise DeviceTimeout(f"{self!r}: cannot open the port: {exc}") from exc
+
+    def _open_blocking(self) -> Any:
         s = self.settings
         options: dict[str, Any] = {
             "parity": s.parity,
@@ -164,11 +276,23 @@ class ModbusLine:
             options["baudrate"] = s.baudrate
         if "://" not in s.port:
             options["exclusive"] = True
+        port = self._opener(s.port, **options)
+        if s.rts == "software":
+            port.rts = s.rts_invert  # receiving from the moment the port opens
+        port.open()
         try:
-            # Opening a tty is quick, but connecting a socket:// URL blocks: keep it off the loop.
-            return await asyncio.to_thread(serial.serial_for_url, s.port, **options)
+            if s.rts == "kernel":
+                port.rs485_mode = serial.rs485.RS485Settings(
+                    rts_level_for_tx=not s.rts_invert,
+                    rts_level_for_rx=s.rts_invert,
+                    loopback=s.echo,
+                )
+            elif s.rts == "software":
+                port.rts = s.rts_invert  # raises on a port without modem lines (a PTY)
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise DeviceTimeout(f"{self!r}: cannot open the port: {exc}") from exc
+            port.close()
+            raise _RtsUnsupported() from exc
+        return port
 
     def _close_port(self) -> None:
         port, self._serial = self._serial, None
@@ -191,167 +315,348 @@ class ModbusLine:
             self._rx_event.set()
             return
         if data:
-            self._rx += data
-            self._last_rx = asyncio.get_running_loop().time()
+            now = asyncio.get_running_loop().time()
+            self._rx.add(data, now)
+            self._last_rx = now
             self._rx_event.set()
+
+    def _read_now(self) -> bool:
+        """Collect bytes the kernel holds but the loop has not delivered yet; True if any."""
+        before = len(self._rx.data)
+        if self._serial is not None:
+            self._readable()
+        return len(self._rx.data) != before
+
+    def _wire(self, n_bytes: int) -> float:
+        """Seconds ``n_bytes`` take on this line (0 without a baud rate)."""
+        baudrate = self.settings.baudrate
+        return wire_time(n_bytes, baudrate) if baudrate else 0.0
 
     async def read_registers(
         self, *, unit_id: int, function: int, address: int, count: int, response_timeout: float
     ) -> tuple[int, ...]:
-        """One read transaction (FC 3 or 4) with ``unit_id``; raises a `DeviceError` subclass
-        as listed in the module docstring. The line must be open."""
+        """One read transaction (FC 3 or 4) with ``unit_id``, preceded by a sync read if a late
+        answer to an earlier request could be taken for its answer; raises a `DeviceError`
+        subclass as listed in the module docstring. The line must be open.
+
+        ``response_timeout`` is how long the unit may take to start answering; the request's and
+        the answer's wire time at the baud rate come on top."""
         request = read_request(unit_id, function, address, count)
         what = f"{self!r} unit {unit_id}: FC{function} {address}+{count}"
         loop = asyncio.get_running_loop()
-        window = self._late_window.pop(unit_id, 0.0) - loop.time()
-        if window > 0:  # outside the lock: the other units keep the line
-            await asyncio.sleep(window)
         async with self._lock:
             if self._serial is None:
                 raise DeviceTimeout(f"{what}: line is not open")
-            await self._quiet(loop)
-            self._flush_input()
-            if self._serial is None:  # the flush found the port gone (adapter unplugged)
-                self._count(unit_id, "timeout")
-                raise DeviceTimeout(f"{what}: line lost: {self._lost}")
-            self._write(request)
-            sent = loop.time()
-            on_wire = wire_time(len(request), self.settings.baudrate or 1) if self.gap else 0.0
-            try:
-                return await self._receive(
-                    loop,
-                    unit_id=unit_id,
-                    function=function,
-                    count=count,
-                    deadline=sent + on_wire + response_timeout,
-                    what=what,
-                )
-            except DeviceTimeout:
-                self._late_window[unit_id] = loop.time() + response_timeout
-                raise
-            finally:
-                self.transactions += 1
-                self._last_activity = loop.time()
+            if (function, 2 * count) in self._expected_late(unit_id, loop.time()):
+                await self._sync(unit_id, function, address, count, response_timeout)
+            parsed = await self._transact(
+                request,
+                unit_id=unit_id,
+                function=function,
+                count=count,
+                response_timeout=response_timeout,
+                what=what,
+            )
+        return parsed.registers
+
+    def _expected_late(self, unit_id: int, now: float) -> dict[tuple[int, int], float]:
+        shapes = self._late.get(unit_id, {})
+        for shape in [s for s, until in shapes.items() if until < now]:
+            del shapes[shape]
+        return shapes
+
+    async def _sync(
+        self, unit_id: int, function: int, address: int, count: int, response_timeout: float
+    ) -> None:
+        """One short read whose answer differs in size from every request of ``unit_id`` whose
+        answer may still come; any answer to it means the unit has finished with them (units
+        answer in order). It is a transaction like any: a fault or an exception answer is
+        counted and raised (the poll fails; the next one needs no sync read, see
+        `_transact`). It reads from the same address the smallest register count no expected
+        answer has: one register after a failed longer read, so it stays within registers the
+        unit serves; two (or more, after a failed sync read) after a failed one-register read."""
+        taken = {size for f, size in self._late.get(unit_id, {}) if f == function}
+        size = next(c for c in range(1, 126) if c != count and 2 * c not in taken)
+        start = min(address, 0x10000 - size)
+        what = f"{self!r} unit {unit_id}: sync read FC{function} {start}+{size}"
+        _log.debug("%s: an answer to an earlier request may still come", what)
+        self.sync_reads += 1
+        request = read_request(unit_id, function, start, size)
+        await self._transact(
+            request,
+            unit_id=unit_id,
+            function=function,
+            count=size,
+            response_timeout=response_timeout,
+            what=what,
+        )
+
+    async def _transact(
+        self,
+        request: bytes,
+        *,
+        unit_id: int,
+        function: int,
+        count: int,
+        response_timeout: float,
+        what: str,
+    ) -> Parsed:
+        """Quiet, flush, send, receive: an OK `Parsed`, or a counted `DeviceError` (exception
+        answers included)."""
+        loop = asyncio.get_running_loop()
+        await self._quiet(loop)
+        self._flush_input()
+        if self._serial is None:  # the flush found the port gone (adapter unplugged)
+            self._count(unit_id, "timeout")
+            raise DeviceTimeout(f"{what}: line lost: {self._lost}")
+        try:
+            sent = await self._send(request, what)
+        except DeviceTimeout:
+            self._count(unit_id, "timeout")
+            raise
+        self.transactions += 1
+        answer_bytes = read_response_bytes(count)
+        deadline = sent + self._wire(len(request) + answer_bytes) + response_timeout
+        try:
+            parsed = await self._receive(
+                loop,
+                request=request,
+                unit_id=unit_id,
+                function=function,
+                count=count,
+                sent=sent,
+                deadline=deadline,
+                what=what,
+            )
+        except DeviceError:
+            until = loop.time() + LATE_FACTOR * response_timeout
+            self._late.setdefault(unit_id, {})[(function, 2 * count)] = until
+            raise
+        finally:
+            self._last_activity = loop.time()
+        self._copies[unit_id] = parsed.frame
+        if parsed.verdict is Verdict.OK:
+            self._late.pop(unit_id, None)  # it answered this request: the older ones are done
+        else:
+            if self._late.get(unit_id):
+                # An exception answer carries no size: it may be the late answer to an older
+                # request (which is then answered), so this request's own answer may still come.
+                until = loop.time() + LATE_FACTOR * response_timeout
+                self._late[unit_id] = {(function, 2 * count): until}
+            self._count(unit_id, exception_fault(parsed.code))
+            message = f"{what}: Modbus exception {parsed.code:#04x}"
+            if parsed.code == EXCEPTION_BUSY:
+                raise DeviceBusy(message)
+            raise DeviceRejected(message, code=parsed.code)
+        return parsed
 
     async def _quiet(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait out the inter-frame gap plus the pause since the last transaction."""
-        ready_at = self._last_activity + self.gap + self.pause
-        delay = ready_at - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Wait until the line has been silent for t3.5 + pause, since the last transaction and
+        since the last byte received (at most one longest frame and ten silences)."""
+        give_up = loop.time() + self._wire(MAX_FRAME_BYTES) + 10 * self.frame_silence
+        while True:
+            self._read_now()
+            ready_at = max(self._last_activity, self._last_rx) + self.gap + self.pause
+            now = loop.time()
+            if now >= ready_at or now >= give_up:
+                return
+            await asyncio.sleep(min(ready_at, give_up) - now)
 
     def _flush_input(self) -> None:
-        self._readable_now()
-        if self._rx:
-            self.discarded_bytes += len(self._rx)
-            self._rx.clear()
+        """Judge and drop what arrived between transactions (late answers are counted)."""
+        self._read_now()
+        if self._rx.data:
+            self._consume(sort_leftovers(bytes(self._rx.data), self._expected(None, 0)))
         self._rx_event.clear()
 
-    def _readable_now(self) -> None:
-        """Collect bytes the kernel holds but the loop has not delivered yet."""
-        if self._serial is not None:
-            self._readable()
+    def _expected(self, sent: float | None, request_bytes: int) -> Expected:
+        late = {
+            (unit, function, size): until
+            for unit, shapes in self._late.items()
+            for (function, size), until in shapes.items()
+        }
+        if sent is None or not self.gap:
+            return Expected(late=late, copies=self._copies, arrived=self._rx.arrived)
+        baudrate = self.settings.baudrate or 1
+        # One character of margin: `sent` is taken just after the write call.
+        first = sent + wire_time(request_bytes, baudrate) - char_time(baudrate)
 
-    def _write(self, frame: bytes) -> None:
+        def earliest(length: int) -> float:
+            return first + wire_time(length, baudrate)
+
+        return Expected(late=late, copies=self._copies, arrived=self._rx.arrived, earliest=earliest)
+
+    async def _send(self, frame: bytes, what: str) -> float:
+        """Write ``frame`` (driving RTS around it if asked to); the loop time of the write."""
+        port = self._serial
         try:
-            written = self._serial.write(frame)
-        except (serial.SerialException, OSError) as exc:
+            if self.settings.rts == "software":
+                # In a thread: the release must follow the last bit within the unit's t3.5 +
+                # turnaround, which a thread's sleep keeps better than a busy event loop.
+                written, sent = await asyncio.to_thread(self._write_driven, port, frame)
+            else:
+                written, sent = port.write(frame), asyncio.get_running_loop().time()
+        except (serial.SerialException, OSError, ValueError) as exc:
             self._lost = exc
-            raise DeviceTimeout(f"{self!r}: write failed: {exc}") from exc
+            raise DeviceTimeout(f"{what}: write failed: {exc}") from exc
         if written != len(frame):
             # A serial driver's transmit buffer holds kilobytes; 8 bytes not fitting means a
             # wedged adapter. Treat it as no answer; the scheduler reopens the port.
-            raise DeviceTimeout(f"{self!r}: could write only {written} of {len(frame)} bytes")
+            raise DeviceTimeout(f"{what}: could write only {written} of {len(frame)} bytes")
+        return float(sent)
+
+    def _write_driven(self, port: Any, frame: bytes) -> tuple[int, float]:
+        """Software direction control, blocking: RTS to the transmit level, write, wait the
+        frame's wire time at the baud rate (counted from the write: some drivers' drain returns
+        once the bytes left the host, not the wire) and the driver's drain, RTS back."""
+        invert = self.settings.rts_invert
+        port.rts = not invert
+        try:
+            written = port.write(frame)
+            sent = time.monotonic()  # the event loop's clock
+            time.sleep(max(0.0, sent + self._wire(len(frame)) - time.monotonic()))
+            port.flush()
+        finally:
+            port.rts = invert
+        return written, sent
+
+    async def _wait_rx(self, until: float) -> None:
+        self._rx_event.clear()
+        try:
+            async with asyncio.timeout_at(until):
+                await self._rx_event.wait()
+        except TimeoutError:
+            pass
 
     async def _receive(
         self,
         loop: asyncio.AbstractEventLoop,
         *,
+        request: bytes,
         unit_id: int,
         function: int,
         count: int,
+        sent: float,
         deadline: float,
         what: str,
-    ) -> tuple[int, ...]:
+    ) -> Parsed:
+        if self.settings.echo:
+            await self._take_echo(loop, request, unit_id, deadline, what)
+        # Bytes still flowing at the deadline are waited for, but not forever.
+        hard_stop = deadline + self._wire(MAX_FRAME_BYTES) + self.frame_silence
+        expected = self._expected(sent, len(request))
         looked = False
         while True:
             parsed = parse_read_answer(
-                bytes(self._rx), unit_id=unit_id, function=function, count=count
+                bytes(self._rx.data),
+                unit_id=unit_id,
+                function=function,
+                count=count,
+                expected=expected,
             )
-            verdict = parsed.verdict
-            if verdict is Verdict.OK:
-                self._done(parsed.strays, parsed.used)
-                return parsed.registers
-            if verdict is Verdict.EXCEPTION:
-                self._done(parsed.strays, parsed.used)
-                kind = f"exception-{parsed.code:#04x}"
-                self._count(unit_id, kind)
-                message = f"{what}: Modbus exception {parsed.code:#04x}"
-                if parsed.code == EXCEPTION_BUSY:
-                    raise DeviceBusy(message)
-                raise DeviceRejected(message)
-            if verdict in (Verdict.CRC, Verdict.MALFORMED):
-                self.stray_frames += parsed.strays
-                kind = "crc" if verdict is Verdict.CRC else "malformed"
-                await self._decode_fault(loop, unit_id, kind, what)
+            if parsed.verdict in (Verdict.OK, Verdict.EXCEPTION):
+                self._consume(parsed, answered=True)
+                return parsed
             if self._lost is not None:
+                self._consume(parsed)
                 self._count(unit_id, "timeout")
                 raise DeviceTimeout(f"{what}: line lost: {self._lost}")
-            pending = len(self._rx) - parsed.used
-            now = loop.time()
-            silent = pending > 0 and now - self._last_rx >= self.frame_silence
-            if now >= deadline or silent:
+            if parsed.verdict in FAULT_VERDICTS:
+                judge_at = self._last_rx + self.frame_silence
+            elif parsed.missing:
+                judge_at = self._last_rx + self._wire(parsed.missing) + self.frame_silence
+            else:
+                judge_at = deadline
+            judge_at = min(judge_at, hard_stop)
+            if loop.time() >= judge_at:
                 # One last look at what the kernel holds before judging: under load the loop
                 # may see the deadline before it delivered bytes that are already there.
                 if not looked:
                     looked = True
-                    before = len(self._rx)
-                    self._readable_now()
-                    if len(self._rx) != before:
+                    if self._read_now():
                         continue
-                self.stray_frames += parsed.strays
-                if not pending:
-                    self._count(unit_id, "timeout")
-                    raise DeviceTimeout(f"{what}: no answer in time")
-                kind = "truncated" if verdict is Verdict.INCOMPLETE_OURS else "garbage"
-                await self._decode_fault(loop, unit_id, kind, what)
+                await self._fail(loop, unit_id, parsed, what)
             looked = False
-            wake = deadline if not pending else min(deadline, self._last_rx + self.frame_silence)
-            self._rx_event.clear()
-            try:
-                async with asyncio.timeout_at(wake):
-                    await self._rx_event.wait()
-            except TimeoutError:
-                pass
+            await self._wait_rx(judge_at)
 
-    def _done(self, strays: int, used: int) -> None:
-        self.stray_frames += strays
-        del self._rx[:used]
+    async def _take_echo(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        request: bytes,
+        unit_id: int,
+        deadline: float,
+        what: str,
+    ) -> None:
+        """Read back our own request from an echoing adapter and check it byte for byte."""
+        while len(self._rx.data) < len(request) and self._lost is None:
+            if loop.time() >= deadline and not self._read_now():
+                break
+            await self._wait_rx(deadline)
+        if self._lost is not None:
+            self._count(unit_id, "timeout")
+            raise DeviceTimeout(f"{what}: line lost: {self._lost}")
+        echo = bytes(self._rx.data[: len(request)])
+        if echo == request:
+            self._rx.drop(len(request))
+            return
+        self.discarded_bytes += len(self._rx.data)
+        self._rx.drop(len(self._rx.data))
+        self._count(unit_id, "echo")
+        _log.debug("%s: echo %s, sent %s", what, echo.hex(" ") or "missing", request.hex(" "))
+        await self._resync(loop)
+        raise DecodeError(f"{what}: the adapter's echo is not our request", fault="echo")
+
+    async def _fail(
+        self, loop: asyncio.AbstractEventLoop, unit_id: int, parsed: Parsed, what: str
+    ) -> None:
+        """Count the fault ``parsed`` amounts to, resynchronise, raise its `DeviceError`."""
+        if parsed.verdict in FAULT_VERDICTS:
+            kind = parsed.verdict.value
+        elif parsed.missing:
+            kind = "truncated"
+        elif parsed.noise:
+            kind = "garbage"
+        else:
+            kind = "timeout"
+        if kind != "timeout":
+            _log.debug("%s: %s: %s", what, kind, bytes(self._rx.data).hex(" "))
+        self._consume(parsed)
+        self._count(unit_id, kind)
+        if kind == "timeout":
+            raise DeviceTimeout(f"{what}: no answer in time")
+        await self._resync(loop)
+        raise DecodeError(f"{what}: {kind} answer", fault=kind)
+
+    def _consume(self, parsed: Parsed, *, answered: bool = False) -> None:
+        """Count what the first ``parsed.used`` bytes held, then drop them."""
+        for unit in parsed.stale:
+            self._count(unit, "stale")
+        self.stale_frames += len(parsed.stale)
+        self.stray_frames += parsed.strays
+        if answered:
+            self.noise_bytes += parsed.noise
+        else:
+            self.discarded_bytes += parsed.noise
+        self._rx.drop(parsed.used)
 
     def _count(self, unit_id: int, kind: str) -> None:
         self._faults.setdefault(unit_id, Counter())[kind] += 1
 
-    async def _decode_fault(
-        self, loop: asyncio.AbstractEventLoop, unit_id: int, kind: str, what: str
-    ) -> None:
-        """Count, resynchronise (silence, then discard), raise `DecodeError`."""
-        self._count(unit_id, kind)
-        await self._resync(loop)
-        raise DecodeError(f"{what}: {kind} answer")
-
     async def _resync(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait until the line has been silent for ``frame_silence`` (at most 10 of them), then
-        drop the input, so the tail of a broken frame cannot prefix the next answer."""
-        give_up = loop.time() + 10 * self.frame_silence
+        """Wait until the line has been silent for ``frame_silence`` (bounded), so the rest of a
+        broken frame arrives now; the next request's flush judges and drops it."""
+        give_up = loop.time() + self._wire(MAX_FRAME_BYTES) + 10 * self.frame_silence
         while self._serial is not None:
-            self._readable_now()
+            self._read_now()
             now = loop.time()
-            quiet_at = max(self._last_rx, now - self.frame_silence) + self.frame_silence
+            quiet_at = self._last_rx + self.frame_silence
             if quiet_at <= now or now >= give_up:
-                break
+                return
             await asyncio.sleep(min(quiet_at, give_up) - now)
-        self.discarded_bytes += len(self._rx)
-        self._rx.clear()
+
+
+class _RtsUnsupported(Exception):
+    """The port's driver cannot do the RTS direction control asked for (raised from the cause)."""
 
 
 class LineUnit:
@@ -359,6 +664,8 @@ class LineUnit:
 
     Many `LineUnit`s share one line; each `open` takes a reference on it, so a failing device
     that the scheduler closes and reopens never closes the port under its neighbours.
+    ``response_timeout`` is how long the unit may take to start answering; `ModbusLine` adds
+    the answer's own wire time at the baud rate.
     """
 
     def __init__(self, *, line: ModbusLine, unit_id: int, response_timeout: float) -> None:
@@ -408,11 +715,9 @@ class LineRegisters:
     (the same ``read(kind, address, count, unit_id=...)`` shape and error mapping, except that
     exception answers are plain `DeviceRejected`/`DeviceBusy`).
 
-    ``response_timeout`` is how long a unit may take to *start* answering. The time the whole
-    answer takes on the wire at the line's baud rate is added per request, so that a short probe
-    timeout (which keeps a scan over absent units fast) never cuts off a long answer from a unit
-    that is there: the simulator, like a converter that buffers, delivers an answer only once its
-    last byte would have arrived.
+    ``response_timeout`` is how long a unit may take to *start* answering; the line adds the
+    answer's wire time, so a short probe timeout (which keeps a scan over absent units fast)
+    never cuts off a long answer from a unit that is there.
     """
 
     def __init__(self, *, line: ModbusLine, response_timeout: float) -> None:
@@ -428,13 +733,11 @@ class LineRegisters:
         self, kind: RegisterKind, address: int, count: int, *, unit_id: int
     ) -> list[int]:
         """One read transaction; raises the `DeviceError` subclasses `ModbusLine` documents."""
-        baudrate = self.line.settings.baudrate
-        answer = wire_time(read_response_bytes(count), baudrate) if baudrate else 0.0
         registers = await self.line.read_registers(
             unit_id=unit_id,
             function=read_function(kind),
             address=address,
             count=count,
-            response_timeout=self.response_timeout + answer,
+            response_timeout=self.response_timeout,
         )
         return list(registers)

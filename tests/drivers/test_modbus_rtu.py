@@ -21,6 +21,7 @@ from drivers.modbus.engine import ModbusDriver
 from drivers.modbus.line import LineUnit, ModbusLine, SerialSettings
 from drivers.modbus.profiles import Profile, load_profile, profile_from_table
 from drivers.modbus.rtu import (
+    Expected,
     Verdict,
     crc16,
     parse_read_answer,
@@ -103,12 +104,14 @@ def test_parser_skips_a_late_answer_from_another_unit() -> None:
     assert parsed.verdict is Verdict.OK
     assert parsed.registers == (10, 20)
     assert parsed.strays == 1
-    assert parse_read_answer(late, unit_id=1, function=4, count=2).verdict is (
-        Verdict.INCOMPLETE_UNKNOWN
-    )
-    assert parse_read_answer(ours[:-1], unit_id=1, function=4, count=2).verdict is (
-        Verdict.INCOMPLETE_OURS
-    )
+    # Alone, a valid answer from a unit with no reason to speak fails the unit asked (issue 15);
+    # while unit 7's earlier request of that shape may still be answered, it is a late answer.
+    assert parse_read_answer(late, unit_id=1, function=4, count=2).verdict is Verdict.WRONG_UNIT
+    waiting = Expected(late={(7, 4, 4): float("inf")})
+    parsed = parse_read_answer(late, unit_id=1, function=4, count=2, expected=waiting)
+    assert (parsed.verdict, parsed.stale) == (Verdict.PENDING, (7,))
+    parsed = parse_read_answer(ours[:-1], unit_id=1, function=4, count=2)
+    assert (parsed.verdict, parsed.missing) == (Verdict.PENDING, 1)
     broken = ours[:-1] + bytes([ours[-1] ^ 1])
     assert parse_read_answer(broken, unit_id=1, function=4, count=2).verdict is Verdict.CRC
 
@@ -167,19 +170,20 @@ def test_pymodbus_serial_client_reads_the_simulator() -> None:
 @pytest.mark.parametrize(
     ("fault", "error", "detail"),
     [
-        (Fault("drop"), DeviceTimeout, "timeout"),
-        (Fault("delay", delay=0.25), DeviceTimeout, "timeout"),
-        (Fault("crc"), DecodeError, "crc"),
-        (Fault("truncate"), DecodeError, "truncated"),
-        (Fault("garbage"), DecodeError, "garbage"),
-        (Fault("exception", code=0x06), DeviceBusy, "exception-0x06"),
-        (Fault("exception", code=0x02), DeviceRejected, "exception-0x02"),
-        (Fault("exception", code=0x0B), DeviceRejected, "exception-0x0b"),
+        (Fault("drop"), DeviceTimeout, {"timeout": 1}),
+        # The late answer arrives during unit 2's transaction: skipped there, counted as stale.
+        (Fault("delay", delay=0.25), DeviceTimeout, {"timeout": 1, "stale": 1}),
+        (Fault("crc"), DecodeError, {"crc": 1}),
+        (Fault("truncate"), DecodeError, {"truncated": 1}),
+        (Fault("garbage"), DecodeError, {"garbage": 1}),
+        (Fault("exception", code=0x06), DeviceBusy, {"exception-0x06": 1}),
+        (Fault("exception", code=0x02), DeviceRejected, {"exception-0x02": 1}),
+        (Fault("exception", code=0x0B), DeviceRejected, {"exception-0x0b": 1}),
     ],
     ids=lambda v: v.label if isinstance(v, Fault) else None,
 )
 def test_each_fault_is_one_error_of_its_class_and_the_next_unit_is_unharmed(
-    fault: Fault, error: type[DeviceError], detail: str
+    fault: Fault, error: type[DeviceError], detail: dict[str, int]
 ) -> None:
     models = meters(1, 2)
     profile = voltage_profile()
@@ -201,7 +205,7 @@ def test_each_fault_is_one_error_of_its_class_and_the_next_unit_is_unharmed(
                 await faulty.close()
                 await healthy.close()
             assert sim.injected(1) == {fault.label: 1}
-            assert line.faults(1) == {detail: 1}
+            assert line.faults(1) == detail
             assert line.faults(2) == {}
 
     run(main())
@@ -220,7 +224,8 @@ def test_a_lost_line_is_a_timeout_not_a_crash() -> None:
     models = meters(1)
 
     async def main() -> None:
-        sim = ModbusRtuSimulator(devices=models, baudrate=None, turnaround=0.0)
+        # Timed like the line: an answer sooner than the wire allows is no answer (issue 15).
+        sim = ModbusRtuSimulator(devices=models, baudrate=115200, turnaround=0.0)
         await sim.start()
         line = ModbusLine(settings=SerialSettings(port=sim.path, baudrate=115200))
         d = driver(line, 1, voltage_profile(), timeout=0.2)
