@@ -217,6 +217,11 @@ class ModbusLine:
     def __repr__(self) -> str:
         return f"ModbusLine({self.settings.port} @ {self.settings.baudrate or 'tcp'})"
 
+    @property
+    def name(self) -> str:
+        """The port (or ``socket://HOST:PORT``), as the status topic's ``lines`` names it."""
+        return self.settings.port
+
     def faults(self, unit_id: int) -> Counter[str]:
         """Faults seen for ``unit_id`` by detailed class (`gateway.errors.FAULT_CLASSES` and
         ``exception-0xNN``), including the ones that did not fail a poll (``stale``); a copy."""
@@ -680,6 +685,10 @@ class LineUnit:
 
     def __repr__(self) -> str:
         return f"{self.line!r} unit {self.unit_id}"
+
+    def faults(self) -> Counter[str]:
+        """This unit's fault counters on the line (`drivers.base.ReportsFaults`)."""
+        return self.line.faults(self.unit_id)
 
     async def open(self) -> None:
         """Take a reference on the line (opening the port if it is the first)."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from dataclasses import replace
 
+from gateway.counters import status_details
 from tests.hostile_run import (
     ALL_FAULTS,
     HEALTHY,
@@ -51,6 +53,23 @@ def test_a_hostile_unit_never_yields_a_wrong_value_nor_spoils_its_neighbours() -
         assert outcome.line.faults(unit) == Counter()
         assert outcome.states[unit].errors == Counter()
         assert len(outcome.recorders[unit].polls) >= 5
+
+    # The status topic's counters say the same (`gateway.counters`, as the daemon publishes them).
+    details = status_details(
+        devices=[
+            replace(state, driver=outcome.recorders[unit].inner)
+            for unit, state in outcome.states.items()
+        ],
+        buses=[outcome.line],
+        pending=0,
+        dropped=0,
+        unstored=0,
+        recovered_from=None,
+    )
+    by_unit = {unit: details["devices"][state.id] for unit, state in outcome.states.items()}
+    assert by_unit[HOSTILE]["faults"] == dict(injected)
+    assert all(by_unit[unit]["faults"] == {} for unit in HEALTHY)
+    assert details["lines"][outcome.line.name] == outcome.line.counters()
 
     # No traceback, one line per failure episode.
     assert log_problems(outcome) == []
