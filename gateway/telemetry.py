@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.model import Quality, Reading, iso_ms, utc_ms
+from gateway.model import Quality, Reading, iso_ms, to_epoch_ms, utc_ms
 
 SCHEMA_VERSION = 1
 
@@ -209,6 +209,11 @@ class GapEvent(BaseModel):
     reason: str
     ts: str
 
+    @property
+    def ts_ms(self) -> int:
+        """When the gap was declared, epoch ms (``ts`` is checked by `decode_gap_event`)."""
+        return to_epoch_ms(utc_ms(datetime.fromisoformat(self.ts)))
+
 
 def decode_gap_event(payload: bytes) -> GapEvent | None:
     """The gap declared by an events payload, or None if it is another kind of event.
@@ -229,4 +234,10 @@ def decode_gap_event(payload: bytes) -> GapEvent | None:
         raise TelemetryError(f"{where}: {first['msg']}") from exc
     if event.to_seq < event.from_seq:
         raise TelemetryError(f"to_seq {event.to_seq} is below from_seq {event.from_seq}")
+    try:
+        if not event.ts.endswith("Z"):
+            raise ValueError("no Z suffix")
+        datetime.fromisoformat(event.ts)
+    except ValueError as exc:
+        raise TelemetryError(f"ts is not RFC 3339 UTC: {event.ts!r}") from exc
     return event

@@ -30,6 +30,7 @@ from typing import Literal
 import paho.mqtt.client as mqtt
 
 from gateway.model import Reading
+from gateway.telemetry import GapEvent
 
 State = Literal["new", "written", "finished"]
 
@@ -45,6 +46,8 @@ class Entry:
     due: float = 0.0
     site: str = ""
     readings: list[Reading] | None = None
+    #: The declared gap an events message carried (stored instead of readings).
+    gap: GapEvent | None = None
     #: Times the read-back found it missing and it was written again.
     rewrites: int = field(default=0)
 

@@ -161,7 +161,7 @@ class InfluxWriter:
     def present(self, keys: Iterable[PointKey]) -> set[PointKey]:
         """Which of ``keys`` the store holds now, with the right ``seq``.
 
-        Reads ``<metric>_seq`` back through VictoriaMetrics' ``/api/v1/export`` (one request for
+        Reads ``<measurement>_<field>`` (``seq``, or ``first`` of a gap) back through VictoriaMetrics' ``/api/v1/export`` (one request for
         all keys: their sites, devices and metrics, over their time range). Every reading has a
         ``seq`` field and its ``value`` travels in the same line, so the line is there when its
         ``seq`` is. Only when something seems missing does it ask the store to make everything
@@ -181,20 +181,21 @@ class InfluxWriter:
         return wanted & found
 
     def _export(self, wanted: set[PointKey]) -> set[PointKey]:
-        names = sorted({f"{k.metric}_seq" for k in wanted})
+        fields = {f"{k.metric}_{k.field}": (k.metric, k.field) for k in wanted}
+        names = sorted(fields)
         sites = sorted({k.site for k in wanted})
         devices = sorted({k.device for k in wanted})
         selector = (
             f'{{__name__=~"{_alternatives(names)}",site=~"{_alternatives(sites)}",'
             f'device=~"{_alternatives(devices)}"}}'
         )
-        fields = {
+        query = {
             "match[]": selector,
             "start": str(math.floor(min(k.ts_ms for k in wanted) / 1000)),
             "end": str(math.ceil(max(k.ts_ms for k in wanted) / 1000) + 1),
         }
         url = f"{self._url}/api/v1/export"
-        answer = self._http.request("GET", url, fields=fields, headers=self._auth_header())
+        answer = self._http.request("GET", url, fields=query, headers=self._auth_header())
         if answer.status != 200:
             text = answer.data.decode("utf-8", errors="replace").strip()[:300]
             fault = classify(answer.status, "")
@@ -215,16 +216,18 @@ class InfluxWriter:
             row = json.loads(line)
             metric = row["metric"]
             name = str(metric.get("__name__", ""))
-            if not name.endswith("_seq"):
+            if name not in fields:
                 continue
+            measurement, field = fields[name]
             for value, ts in zip(row["values"], row["timestamps"], strict=True):
                 found.add(
                     PointKey(
                         site=str(metric.get("site", "")),
                         device=str(metric.get("device", "")),
-                        metric=name.removesuffix("_seq"),
+                        metric=measurement,
                         ts_ms=int(ts),
                         seq=int(value),
+                        field=field,
                     )
                 )
         return found

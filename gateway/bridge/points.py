@@ -18,17 +18,46 @@ from dataclasses import dataclass
 from influxdb_client import Point, WritePrecision
 
 from gateway.model import Reading, to_epoch_ms
+from gateway.telemetry import GapEvent
 
 
 @dataclass(frozen=True, slots=True)
 class PointKey:
-    """What identifies a stored reading (site, device, metric, timestamp) and the seq it carries."""
+    """What identifies a stored point (site, device, measurement, timestamp) and the sequence
+    number it carries in ``field`` (``seq`` for a reading, ``first`` for a declared gap)."""
 
     site: str
     device: str
     metric: str
     ts_ms: int
     seq: int
+    field: str = "seq"
+
+
+#: A declared gap (gateway/schema/gap.json) is stored as measurement ``gap`` of device ``gateway``
+#: with fields ``first`` and ``last`` (VictoriaMetrics: ``gap_first``, ``gap_last``) and tag
+#: ``reason``, at the time it was declared: not a reading, so it has no ``seq`` field and no
+#: completeness check over ``*_seq`` series ever counts it.
+GAP_MEASUREMENT = "gap"
+GAP_DEVICE = "gateway"
+
+
+def gap_point(site: str, event: GapEvent) -> Point:
+    """The point that records ``event`` of ``site``."""
+    return (
+        Point(GAP_MEASUREMENT)
+        .tag("site", site)
+        .tag("device", GAP_DEVICE)
+        .tag("reason", event.reason)
+        .field("first", event.from_seq)
+        .field("last", event.to_seq)
+        .time(event.ts_ms, WritePrecision.MS)
+    )
+
+
+def gap_key(site: str, event: GapEvent) -> PointKey:
+    """The key under which `gap_point` stores ``event``."""
+    return PointKey(site, GAP_DEVICE, GAP_MEASUREMENT, event.ts_ms, event.from_seq, field="first")
 
 
 def to_points(site: str, readings: Iterable[Reading]) -> list[Point]:

@@ -38,11 +38,17 @@ from influxdb_client import Point
 from gateway.bridge.acks import AckWindow, Entry
 from gateway.bridge.alarm import StoreAlarm, alarm_device
 from gateway.bridge.influx import InfluxWriter, StoreError
-from gateway.bridge.points import point_keys, to_points
+from gateway.bridge.points import PointKey, gap_key, gap_point, point_keys, to_points
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.mqtt_client import ConnectionReporter, LoopBridge, make_client, reason_text
-from gateway.telemetry import TelemetryError, deadletter_topic, decode_telemetry, telemetry_filter
+from gateway.telemetry import (
+    TelemetryError,
+    deadletter_topic,
+    decode_gap_event,
+    decode_telemetry,
+    telemetry_filter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +119,11 @@ class Bridge:
         self._client_id = config.bridge.client_id or f"canary-bridge-{config.site.id}"
         catch_all = telemetry_filter(self._prefix)
         sites = config.bridge.sites
-        self._filters = [f"{self._prefix}/{s}/telemetry/+" for s in sites] or [catch_all]
+        self._filters = [
+            f"{self._prefix}/{s}/{kind}" for s in sites for kind in ("telemetry/+", "events")
+        ] or [catch_all, f"{self._prefix}/+/events"]
         #: A session that used to take every site keeps that subscription: drop it.
-        self._stale_filters = [catch_all] if sites else []
+        self._stale_filters = [catch_all, f"{self._prefix}/+/events"] if sites else []
         self._writer = writer
         self._window = AckWindow(ack_delay=config.bridge.ack_delay, clock=time.monotonic)
         self._inbox: asyncio.Queue[Entry] = asyncio.Queue()
@@ -245,6 +253,9 @@ class Bridge:
                 except TelemetryError as exc:
                     await self._dead_letter(client, entry, str(exc))
                     continue
+            if not entry.readings and entry.gap is None:
+                self._window.finished(entry)  # an event that is not stored (an alarm)
+                continue
             decoded.append(entry)
         if not decoded:
             return
@@ -256,10 +267,16 @@ class Bridge:
     def _decode(self, entry: Entry) -> None:
         message = entry.message
         site, device = _site_and_device(message.topic, self._prefix)
+        entry.site = site
+        if device is None:  # P/S/events: a declared gap is stored, alarm events are not
+            entry.gap = decode_gap_event(bytes(message.payload))
+            if entry.gap is not None and entry.gap.site != site:
+                raise TelemetryError(f"payload names site {entry.gap.site} but arrived on {site}")
+            entry.readings = []
+            return
         entry.readings = decode_telemetry(
             bytes(message.payload), topic_site=site, topic_device=device
         )
-        entry.site = site
 
     async def _write_retrying(self, entries: list[Entry]) -> None:
         """Write until accepted, then hold the entries; raise `StoreError` only for content.
@@ -271,7 +288,7 @@ class Bridge:
             entries = [e for e in entries if self._window.current(e)]
             if not entries:
                 return
-            points = [p for e in entries for p in to_points(e.site, e.readings or [])]
+            points = [p for e in entries for p in _points(e)]
             try:
                 await self._write_split(points)
             except StoreError as exc:
@@ -373,7 +390,7 @@ class Bridge:
             for entry in due:
                 self._window.finished(entry)
             return
-        keys = {e: point_keys(e.site, e.readings or []) for e in due}
+        keys = {e: _keys(e) for e in due}
         present = await asyncio.to_thread(
             self._writer.present, [k for ks in keys.values() for k in ks]
         )
@@ -412,8 +429,27 @@ def _published_within(info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
     return info.is_published()
 
 
-def _site_and_device(topic: str, prefix: str) -> tuple[str, str]:
+def _points(entry: Entry) -> list[Point]:
+    """What ``entry`` stores: its readings, or its declared gap."""
+    points = to_points(entry.site, entry.readings or [])
+    if entry.gap is not None:
+        points.append(gap_point(entry.site, entry.gap))
+    return points
+
+
+def _keys(entry: Entry) -> list[PointKey]:
+    """Under which keys `_points` stores ``entry`` (for the read-back)."""
+    keys = point_keys(entry.site, entry.readings or [])
+    if entry.gap is not None:
+        keys.append(gap_key(entry.site, entry.gap))
+    return keys
+
+
+def _site_and_device(topic: str, prefix: str) -> tuple[str, str | None]:
+    """(site, device) of a telemetry topic, (site, None) of an events topic."""
     parts = topic[len(prefix) + 1 :].split("/") if topic.startswith(prefix + "/") else []
+    if len(parts) == 2 and parts[1] == "events":
+        return parts[0], None
     if len(parts) != 3 or parts[1] != "telemetry":
         raise TelemetryError(f"unexpected topic {topic!r}")
     return parts[0], parts[2]

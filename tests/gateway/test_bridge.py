@@ -15,7 +15,7 @@ from gateway.bridge.influx import InfluxWriter
 from gateway.bridge.service import MAX_REWRITES, Bridge
 from gateway.config import GatewayConfig, parse_config
 from gateway.model import Reading, to_epoch_ms, utc_ms
-from gateway.telemetry import encode_telemetry
+from gateway.telemetry import encode_gap_event, encode_telemetry
 from tests.servers import MosquittoServer, ServerProcess, vm_export
 from tests.system.mqtt_capture import MqttCapture
 
@@ -402,3 +402,37 @@ def test_held_messages_survive_a_broker_restart_and_are_acknowledged_once_after_
 
     run_bridge(broker, tsdb, body, ack_delay=2)
     assert sorted(series(tsdb.port, "co2_seq").values()) == [float(s) for s in range(1, 21)]
+
+
+def test_a_declared_gap_is_stored_and_alarm_events_are_acknowledged_without_a_point(
+    broker: ServerProcess, tsdb: ServerProcess
+) -> None:
+    """The events topic: a ``readings_lost`` declaration becomes a ``gap`` point (read back like
+    any point), an alarm event is acknowledged and not stored, a broken declaration is
+    dead-lettered with the reason."""
+    dead = MqttCapture(broker.port, "canary/kg/deadletter").start()
+    gap = encode_gap_event("kg", from_seq=1001, to_seq=2000, reason="unclean_stop", ts=T0)
+    alarm = json.dumps({"type": "alarm", "alarm": "co2_high", "state": "active"}).encode()
+    broken = json.dumps({"v": 1, "type": "readings_lost", "site": "kg", "from_seq": 9}).encode()
+    messages = [
+        ("canary/kg/events", gap),
+        ("canary/kg/events", alarm),
+        ("canary/kg/events", broken),
+        ("canary/kg/events", gap),  # re-announced after a reconnect: stored once
+    ]
+    try:
+
+        async def body(bridge: Bridge) -> None:
+            await asyncio.to_thread(publish, broker.port, messages)
+            await until(lambda: bridge.stats.messages_acked == 4, 20, "the four events acked")
+            assert bridge.stats.dead_letters == 1
+
+        run_bridge(broker, tsdb, body)
+        assert series(tsdb.port, "gap_first") == {("gateway", to_epoch_ms(T0)): 1001.0}
+        assert series(tsdb.port, "gap_last") == {("gateway", to_epoch_ms(T0)): 2000.0}
+        names = {row["metric"]["__name__"] for row in vm_export(tsdb.port)}
+        assert names == {"gap_first", "gap_last"}  # the alarm event left no point
+        (reason,) = [json.loads(m.payload)["reason"] for m in dead.snapshot()]
+        assert "to_seq" in reason
+    finally:
+        dead.stop()

@@ -110,5 +110,20 @@ def stored(tsdb: int, suffix: str) -> dict[tuple[str, str, int], float]:
     return out
 
 
+def stored_gaps(tsdb: int) -> set[tuple[int, int]]:
+    """The declared gaps (first, last) the bridge stored (``gap_first`` / ``gap_last``)."""
+    first = {
+        (r["metric"]["site"], t): int(v)
+        for r in vm_export(tsdb, '{__name__="gap_first"}')
+        for v, t in zip(r["values"], r["timestamps"], strict=True)
+    }
+    last = {
+        (r["metric"]["site"], t): int(v)
+        for r in vm_export(tsdb, '{__name__="gap_last"}')
+        for v, t in zip(r["values"], r["timestamps"], strict=True)
+    }
+    return {(first[key], last[key]) for key in first.keys() & last.keys()}
+
+
 def ts_ms(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp() * 1000)

@@ -35,7 +35,15 @@ from gateway.buffer import SqliteBuffer
 from gateway.model import Reading, utc_ms
 from gateway.sinks.mqtt import BATCH_SIZE
 from tests.servers import ServerProcess, free_port, wait_until
-from tests.system.harness import GATEWAY, Process, buffer_state, site_config, stored, ts_ms
+from tests.system.harness import (
+    GATEWAY,
+    Process,
+    buffer_state,
+    site_config,
+    stored,
+    stored_gaps,
+    ts_ms,
+)
 from tests.system.mqtt_capture import Captured, MqttCapture, unexplained
 
 #: Scheduling allowance on a loaded test machine: a poll's timestamp to its commit, beyond the
@@ -421,6 +429,8 @@ def test_sigkill_while_the_backlog_drains_loses_nothing(
     # One declaration per kill, except that a start killed before it stored or reserved anything
     # new widens the previous declaration (same first number) instead of adding one.
     assert 0 < len(gaps) <= kills
+    # The bridge stored every declaration, so a backend can tell these gaps from a loss.
+    wait_until(lambda: stored_gaps(tsdb.port) == gaps, timeout=30, what="the gaps in the store")
     assert not unexplained(set(seqs), last_seq, gaps), "a gap nobody declared"
     assert set(range(1, backlog + 1)) <= set(seqs)
 
