@@ -48,6 +48,9 @@ class Entry:
     readings: list[Reading] | None = None
     #: The declared gap an events message carried (stored instead of readings).
     gap: GapEvent | None = None
+    #: An event with nothing to store (an alarm, possibly the bridge's own): acknowledged in
+    #: its turn, not counted as held data.
+    ignored: bool = False
     #: Times the read-back found it missing and it was written again.
     rewrites: int = field(default=0)
 
@@ -69,6 +72,10 @@ class AckWindow:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def holding(self) -> int:
+        """Entries that carry data and are not acknowledged yet (ignored events left out)."""
+        return sum(1 for entry in self._entries if not entry.ignored)
 
     def new_connection(self) -> None:
         """A new connection is up: everything received before it is the broker's again."""

@@ -65,6 +65,8 @@ class BridgeStats:
     """Counters for logs and tests."""
 
     messages_acked: int = 0
+    #: Events acknowledged without a point (alarm events; the bridge hears its own, too).
+    events_ignored: int = 0
     points_written: int = 0
     dead_letters: int = 0
     write_failures: int = 0
@@ -144,8 +146,8 @@ class Bridge:
 
     @property
     def held(self) -> int:
-        """Messages received and not yet acknowledged."""
-        return len(self._window)
+        """Messages with data received and not yet acknowledged."""
+        return self._window.holding()
 
     async def run(self) -> None:
         """Connect, subscribe and bridge until cancelled."""
@@ -213,7 +215,12 @@ class Bridge:
         self.subscribed.set()
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
-        self._inbox.put_nowait(self._window.receive(message))
+        entry = self._window.receive(message)
+        if message.topic.endswith("/events") and not _declares_gap(bytes(message.payload)):
+            entry.ignored = True  # nothing to store; acknowledged in its turn
+            self._window.finished(entry)
+            return
+        self._inbox.put_nowait(entry)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -254,7 +261,7 @@ class Bridge:
                     await self._dead_letter(client, entry, str(exc))
                     continue
             if not entry.readings and entry.gap is None:
-                self._window.finished(entry)  # an event that is not stored (an alarm)
+                self._window.finished(entry)  # nothing to store
                 continue
             decoded.append(entry)
         if not decoded:
@@ -381,7 +388,10 @@ class Bridge:
                 attempt = 0
             for entry in self._window.pop_finished():
                 client.ack(entry.message.mid, entry.message.qos)
-                self.stats.messages_acked += 1
+                if entry.ignored:
+                    self.stats.events_ignored += 1
+                else:
+                    self.stats.messages_acked += 1
             await self._window.wait()
 
     async def _settle(self, client: mqtt.Client, due: list[Entry]) -> None:
@@ -427,6 +437,12 @@ def _published_within(info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
     except RuntimeError:  # not yet queued because the client is reconnecting
         time.sleep(min(timeout, 0.1))
     return info.is_published()
+
+
+def _declares_gap(payload: bytes) -> bool:
+    """Whether an events payload is (or claims to be) a ``readings_lost`` declaration; a broken
+    one goes on to `decode_gap_event` and is dead-lettered with the reason."""
+    return b'"readings_lost"' in payload
 
 
 def _points(entry: Entry) -> list[Point]:

@@ -201,6 +201,8 @@ class SqliteBuffer:
         return max(self._reserved, self._last_seq)
 
     def reserve(self, upto: int, *, safe: int) -> None:
+        if upto > self._mark:  # the disaster floor covers every number that may be handed out
+            self._write_mark(upto + SEQ_BLOCK)
         with self._durable():
             self._db.execute(
                 "UPDATE meta SET value = max(value, ?) WHERE key = 'reserved'", (upto,)

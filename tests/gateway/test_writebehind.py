@@ -253,7 +253,24 @@ def test_an_unclean_stop_declares_the_numbers_that_may_be_lost(tmp_path: Path) -
     assert third.declared_gaps() == []
     third.finish(2040)
     third.close()
-    assert SqliteBuffer(path).declared_gaps() == []
+    fourth = SqliteBuffer(path)
+    assert fourth.declared_gaps() == []
+    fourth.close()
+
+
+def test_a_reservation_raises_the_mark_that_outlives_the_buffer_file(tmp_path: Path) -> None:
+    """Numbers handed out from memory are never stored: if the buffer file is then lost, the
+    `.seq` mark beside it must still be above them."""
+    path = tmp_path / "b.db"
+    first = SqliteBuffer(path)
+    far = 5_000_000  # beyond the mark's first block
+    first.reserve(far, safe=0)
+    first.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    second = SqliteBuffer(path)
+    assert second.seq_floor() >= far
+    second.close()
 
 
 def test_a_stored_reading_proves_the_numbers_below_it(tmp_path: Path) -> None:
