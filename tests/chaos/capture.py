@@ -53,7 +53,8 @@ class Capture:
             clean_session=False,
             protocol=mqtt.MQTTv311,
         )
-        self.client.reconnect_delay_set(0.1, 0.5)
+        # Back at once after a broker restart (paho's stub says int; its arithmetic takes floats).
+        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
         self.client.max_inflight_messages_set(1000)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
@@ -80,7 +81,7 @@ class Capture:
 
     def readings(self) -> list[dict[str, Any]]:
         """Every reading of every telemetry message so far (device and DUP flag added)."""
-        out = []
+        out: list[dict[str, Any]] = []
         for message in self.messages():
             if "/telemetry/" in message.topic:
                 body = message.json()

@@ -136,7 +136,7 @@ class Chain:
     store_tap: StoreTap = field(init=False, default_factory=StoreTap)
     gateway_config: Path = field(init=False)
     buffer_path: Path = field(init=False)
-    _host: ProxyHost = field(init=False)
+    _host: ProxyHost = field(init=False, default_factory=ProxyHost)
     _count: dict[str, int] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _processes: list[Process] = field(init=False, default_factory=list)
@@ -163,7 +163,7 @@ class Chain:
     def _start(self) -> None:
         for name in ("mosquitto", "vm", "gateway", "bridge", "second-bridge"):
             (self.workdir / name).mkdir(parents=True, exist_ok=True)
-        self._host = ProxyHost().start()
+        self._host.start()
         self.mosquitto = broker(self.workdir / "mosquitto")
         self.victoria = store(self.workdir / "vm")
         self.mosquitto.start()
@@ -266,11 +266,12 @@ class Chain:
                 with contextlib.suppress(OSError):
                     process.proc.send_signal(signal.SIGCONT)
             process.stop(signal.SIGKILL)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(AttributeError):
             self.capture.stop()
         self._host.stop()
-        self.mosquitto.stop()
-        self.victoria.stop()
+        for server in (getattr(self, "mosquitto", None), getattr(self, "victoria", None)):
+            if server is not None:
+                server.stop()
         leaked = [p for p in RUNNING if p.poll() is None]
         assert not leaked, f"the chain left processes running: {[p.args for p in leaked]}"
 
@@ -473,7 +474,7 @@ class Chain:
         return took
 
     def persistence_written(self) -> bool:
-        """Mosquitto wrote its persistence file (it does on every clean stop)."""
+        """Mosquitto has written its persistence file (at an autosave or a clean stop)."""
         return (self.mosquitto.workdir / "mosquitto.db").exists()
 
     def logs(self) -> dict[str, str]:

@@ -58,7 +58,7 @@ ON_GRID = 0.3
 HOLE = 1.5
 #: From process start to a device's first stored poll, at most (interpreter start, device open,
 #: the SCD4x's first 5 s measurement) on a loaded 2-core machine.
-HEAD_MAX = 15.0
+HEAD_MAX = 12.0
 
 
 @dataclass(frozen=True)
@@ -474,13 +474,22 @@ class _Checker:
             missing_never_written=sum(1 for s in downstream if s not in written),
         )
         kills = [e.t for e in self.events if e.what == "store_kill"]
-        for episode in _runs(lost_acked):
-            first, last = acked[episode[0]], acked[episode[-1]]
+        lost = set(lost_acked)
+        episodes: list[tuple[float, float, int]] = []  # first answer, last answer, readings lost
+        for answer in sorted(self.answers, key=lambda a: a.t):
+            count = sum(1 for s in answer.seqs if s in lost and acked[s] == answer.t)
+            if not count:
+                continue
+            if episodes and answer.t - episodes[-1][1] < 1.0:
+                episodes[-1] = (episodes[-1][0], answer.t, episodes[-1][2] + count)
+            else:
+                episodes.append((answer.t, answer.t, count))
+        for first, last, count in episodes:
             kill = next((t for t in kills if t >= last), None)
             after = f", {kill - last:.2f} s before a store SIGKILL" if kill else ""
             self.report.diagnosis.append(
-                f"the store answered 2xx for seqs {episode[0]}-{episode[-1]} at "
-                f"{first - self.t0:+.2f}..{last - self.t0:+.2f} s{after}, and does not hold them"
+                f"the store answered 2xx for {count} readings it does not hold at "
+                f"{first - self.t0:+.2f}..{last - self.t0:+.2f} s{after}"
             )
 
     def _declared_by(self, gap: _Gap) -> float | None:

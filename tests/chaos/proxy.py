@@ -264,7 +264,10 @@ class ProxyHost:
         return proxy
 
     def stop(self) -> None:
-        """Close every proxy and connection, then end the thread."""
+        """Close every proxy and connection, then end the thread (if it ever started)."""
+        if not self._thread.is_alive():
+            self._loop.close()
+            return
         for proxy in self.proxies:
             with contextlib.suppress(Exception):
                 self.call(proxy._close)

@@ -205,7 +205,7 @@ def test_a_run_that_keeps_every_contract_passes() -> None:
     (kill,) = report.kills
     # The meter's poll 0.996 s before the kill died with it: 1 poll of 2 readings, inside the window.
     assert kill["lost_polls"] == 1 and kill["lost_readings"] == 2
-    assert report.figures["declared"] == [list(run.gap)]
+    assert run.gap is not None and report.figures["declared"] == [list(run.gap)]
     assert report.figures["missing_undeclared"] == 0
 
 
