@@ -5,13 +5,16 @@ real Mosquitto started on a free loopback port, and prints:
 
 1. Normal polling, per durability setting (synchronous FULL and NORMAL): bytes written to disk per
    reading (this process's ``/proc/self/io`` write_bytes) against the MQTT payload bytes per
-   reading, and CPU-seconds per 1000 readings.
+   reading, CPU-seconds per 1000 readings, and the read -> broker latency (p50/p99: from the
+   poll's timestamp to the moment a subscriber on the same machine received the reading).
 2. Backlog: the buffer is filled with 1,000,000 readings, then the gateway starts; the drain rate
    to Mosquitto (readings/s, at the configured ``backlog_rate`` and unlimited), the poll lateness
    (p50/p99/max, seconds after each poll's due time) while it drains, CPU-seconds per 1000 readings
    and the peak RSS.
 
-Goals (issue 5): drain >= 1 M readings in <= 60 s, p99 lateness < 100 ms, <= 10x payload bytes.
+Goals (issue 16): live read -> broker latency p50 <= 10 ms and p99 <= 50 ms; disk bytes per
+reading in steady state <= 1x the payload; 1 M readings drain in <= 60 s with p99 lateness
+< 100 ms.
 
     .venv/bin/python bench/backlog.py [--readings 1000000] [--normal-seconds 40]
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import resource
 import shutil
@@ -32,6 +36,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -94,27 +101,60 @@ def site(base: GatewayConfig, port: int, path: Path, **overrides: Any) -> Gatewa
     return base.model_copy(update={"mqtt": mqtt, "buffer": buf})
 
 
+class Latency:
+    """A subscriber on the broker recording, per reading, arrival time minus the poll's ts."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.samples: list[float] = []
+        self.recording = False
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency")
+        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        arrived = time.time()
+        if not self.recording:
+            return
+        for r in json.loads(msg.payload)["readings"]:
+            ts = datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+            self.samples.append(arrived - ts)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
 async def normal_polling(config: GatewayConfig, seconds: float) -> dict[str, float]:
     run, stop = Run(), asyncio.Event()
+    latency = Latency(config.mqtt.port, f"{config.mqtt.topic_prefix}/+/telemetry/+")
     task = asyncio.create_task(run_gateway(config, stop=stop, simulate=True, started=run.started))
     await asyncio.sleep(8)  # warm-up: connections, first polls, first checkpoint
     runtime = run.runtime[0]
     stats = runtime.publisher.stats
-    w0, c0, s0 = write_bytes(), cpu_seconds(), await runtime.buffer.last_seq()
+    w0, c0, s0 = write_bytes(), cpu_seconds(), runtime.sequence.last
     b0, r0 = stats.payload_bytes, stats.readings_sent
+    latency.recording = True
     await asyncio.sleep(seconds)
-    w1, c1, s1 = write_bytes(), cpu_seconds(), await runtime.buffer.last_seq()
+    latency.recording = False
+    w1, c1, s1 = write_bytes(), cpu_seconds(), runtime.sequence.last
     b1, r1 = stats.payload_bytes, stats.readings_sent
     stop.set()
     await task
+    latency.stop()
     readings = s1 - s0
     payload = (b1 - b0) / max(1, r1 - r0)
+    lat = sorted(latency.samples)
     return {
         "readings": readings,
         "disk_bytes_per_reading": (w1 - w0) / readings,
         "payload_bytes_per_reading": payload,
         "ratio": (w1 - w0) / readings / payload,
         "cpu_s_per_1000": (c1 - c0) / readings * 1000,
+        "written": runtime.buffer.written,
+        "latency_p50_ms": statistics.median(lat) * 1000,
+        "latency_p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000,
     }
 
 
@@ -178,7 +218,10 @@ async def main() -> None:
         broker.start()
         try:
             print(f"== normal polling, demo site ({args.normal_seconds:.0f} s per setting)")
-            print("sync    readings  disk B/reading  payload B/reading  ratio  CPU s/1000")
+            print(
+                "sync    readings  disk B/reading  payload B/reading  ratio  CPU s/1000"
+                "  written  latency p50/p99 ms"
+            )
             for sync in ("FULL", "NORMAL"):
                 config = site(
                     base, broker.port, tmp / f"normal-{sync}.sqlite3", buffer={"synchronous": sync}
@@ -187,7 +230,8 @@ async def main() -> None:
                 print(
                     f"{sync:<7} {r['readings']:>8.0f} {r['disk_bytes_per_reading']:>15.0f} "
                     f"{r['payload_bytes_per_reading']:>18.0f} {r['ratio']:>6.1f} "
-                    f"{r['cpu_s_per_1000']:>11.3f}"
+                    f"{r['cpu_s_per_1000']:>11.3f} {r['written']:>8.0f} "
+                    f"{r['latency_p50_ms']:>9.1f} /{r['latency_p99_ms']:>6.1f}"
                 )
 
             filled = tmp / "filled.sqlite3"

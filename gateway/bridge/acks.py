@@ -11,7 +11,11 @@ Rules, and why:
   window decides, a finished message behind an unfinished one waits.
 - Every entry belongs to one connection (``epoch``). After a reconnect the broker sends again
   whatever was not acknowledged, and a packet id of the old connection may name another message
-  in the new one: entries of an older epoch are dropped, never acknowledged.
+  in the new one: entries of an older epoch are never acknowledged. They are still written, held
+  and read back like the others, and leave the window only once finished: a broker that crashed
+  before its autosave does not send them again (Mosquitto acknowledges before it persists), and
+  a store that lost them meanwhile must get them from the bridge's memory. When the broker does
+  send them again, the copy is written twice, which the store's deduplication absorbs.
 
 The window holds at most what the broker lets be in flight to this client (Mosquitto
 ``max_inflight_messages``); holding acks for ``ack_delay`` therefore needs a window of at least
@@ -115,8 +119,6 @@ class AckWindow:
         now = self._clock()
         out: list[Entry] = []
         for entry in self._entries:
-            if not self.current(entry):
-                continue
             if entry.state == "written" and entry.due <= now:
                 out.append(entry)
                 if len(out) >= limit:
@@ -126,17 +128,13 @@ class AckWindow:
         return out
 
     def pop_finished(self) -> list[Entry]:
-        """Remove and return the finished entries at the head (the ones to acknowledge now),
-        dropping entries of older connections on the way."""
+        """Remove the finished entries at the head and return those of the current connection
+        (the ones to acknowledge now); finished entries of older connections leave unacknowledged."""
         out: list[Entry] = []
-        while self._entries:
-            head = self._entries[0]
-            if not self.current(head):
-                self._entries.popleft()
-            elif head.state == "finished":
-                out.append(self._entries.popleft())
-            else:
-                break
+        while self._entries and self._entries[0].state == "finished":
+            head = self._entries.popleft()
+            if self.current(head):
+                out.append(head)
         return out
 
     async def wait(self) -> None:
@@ -144,7 +142,7 @@ class AckWindow:
         now = self._clock()
         wake: float | None = None
         for entry in self._entries:
-            if not self.current(entry) or entry.state == "finished":
+            if entry.state == "finished":
                 continue
             if entry.state == "written":
                 wake = entry.due

@@ -230,7 +230,7 @@ class Bridge:
 
     async def _collect(self) -> list[Entry]:
         """Wait for one entry, then gather more until the batch is full or the window closes.
-        Entries of an earlier connection are skipped: the broker sends them again."""
+        Entries of an earlier connection are written too (see `_write_retrying`)."""
         batch: list[Entry] = []
         deadline: float | None = None
         while len(batch) < self._influx.batch_size:
@@ -245,10 +245,7 @@ class Bridge:
                     entry = await asyncio.wait_for(self._inbox.get(), remaining)
                 except TimeoutError:
                     break
-            if self._window.current(entry):
-                batch.append(entry)
-            elif not batch:
-                deadline = None
+            batch.append(entry)
         return batch
 
     async def _store(self, client: mqtt.Client, entries: list[Entry]) -> None:
@@ -288,13 +285,11 @@ class Bridge:
     async def _write_retrying(self, entries: list[Entry]) -> None:
         """Write until accepted, then hold the entries; raise `StoreError` only for content.
 
-        Entries whose connection ended meanwhile are given up (the broker sends them again).
+        Entries whose connection ended meanwhile are written all the same (`AckWindow`: the
+        broker may have lost them in a crash); only their acknowledgement is never sent.
         """
         attempt = 0
         while True:
-            entries = [e for e in entries if self._window.current(e)]
-            if not entries:
-                return
             points = [p for e in entries for p in _points(e)]
             try:
                 await self._write_split(points)

@@ -11,7 +11,7 @@ What is proved (a `Report.problems` entry for each failure):
 2. **Equal**: every stored reading equals the one published under its sequence number (device,
    metric, timestamp, value); no sequence number was published with two different contents.
 3. **Explained**: every number from 1 to the highest used that is not in the store lies in a range
-   the gateway declared lost (``gap`` points: ``gap_from_seq``, ``gap_to_seq``); the store holds
+   the gateway declared lost (``gap`` points: ``gap_first``, ``gap_last``); the store holds
    every declaration published on ``P/S/events``; there is at most one declaration per gateway
    crash; no number of a declared range belongs to a reading polled after the restart that
    declared it (numbers above a range are new).
@@ -293,7 +293,7 @@ class _Checker:
                 duplicates += extra
                 self.problems.append(f"{extra} duplicate samples in series {labels}")
             samples = list(zip(row["timestamps"], row["values"], strict=True))
-            if name in ("gap_from_seq", "gap_to_seq"):
+            if name in ("gap_first", "gap_last"):
                 key = tuple(sorted((k, v) for k, v in labels.items() if k != "__name__"))
                 gap_parts.setdefault(key, {}).setdefault(name, {}).update(samples)
             elif "device" in labels and name.endswith("_seq"):
@@ -304,10 +304,10 @@ class _Checker:
                 self.values.update(((labels["device"], metric, t), v) for t, v in samples)
         for key, part in gap_parts.items():
             reason = dict(key).get("reason", "")
-            for ts, low in part.get("gap_from_seq", {}).items():
-                high = part.get("gap_to_seq", {}).get(ts)
+            for ts, low in part.get("gap_first", {}).items():
+                high = part.get("gap_last", {}).get(ts)
                 if high is None:
-                    self.problems.append(f"gap point at {ts} without gap_to_seq ({dict(key)})")
+                    self.problems.append(f"gap point at {ts} without gap_last ({dict(key)})")
                 else:
                     self.gaps.append(_Gap(int(low), int(high), ts, reason))
         self.gaps.sort(key=lambda g: g.low)
@@ -336,7 +336,7 @@ class _Checker:
                         )
             elif message.topic == f"{PREFIX}/{SITE}/events":
                 body = message.json()
-                if body.get("event") == "readings_lost":
+                if body.get("type") == "readings_lost":
                     key = (int(body["from_seq"]), int(body["to_seq"]))
                     when = _ms(body["ts"]) / 1000 if "ts" in body else message.received
                     self.announced.setdefault(key, when)

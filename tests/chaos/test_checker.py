@@ -115,7 +115,7 @@ class Run:
             event = {
                 "v": 1,
                 "site": SITE,
-                "event": "readings_lost",
+                "type": "readings_lost",
                 "from_seq": self.gap[0],
                 "to_seq": self.gap[1],
                 "reason": "unclean_stop",
@@ -166,7 +166,7 @@ class Run:
         ]
         if self.declare and self.gap is not None:
             ts = round((T0 + self.restart + 0.5) * 1000)
-            for name, value in (("gap_from_seq", self.gap[0]), ("gap_to_seq", self.gap[1])):
+            for name, value in (("gap_first", self.gap[0]), ("gap_last", self.gap[1])):
                 labels = {"__name__": name, "site": SITE, "reason": "unclean_stop"}
                 rows.append({"metric": labels, "timestamps": [ts], "values": [float(value)]})
         return rows + self.extra_rows
@@ -295,9 +295,9 @@ def test_more_declarations_than_crashes_are_reported() -> None:
     rows = run.rows()
     for row in rows:
         name = row["metric"]["__name__"]
-        if name in ("gap_from_seq", "gap_to_seq"):
+        if name in ("gap_first", "gap_last"):
             row["timestamps"].append(round((T0 + 30) * 1000))
-            row["values"].append(5000.0 if name == "gap_from_seq" else 5010.0)
+            row["values"].append(5000.0 if name == "gap_first" else 5010.0)
     report = run.check(rows=rows)
     assert any("gaps declared for 1 gateway crashes" in p for p in report.problems), (
         report.summary()

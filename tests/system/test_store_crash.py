@@ -129,3 +129,54 @@ def test_sigkill_of_the_store_right_after_its_204_loses_no_reading(
     # proves something), and nothing was dead-lettered.
     assert bridge.stats.rewrites >= 1
     assert bridge.stats.dead_letters == 0
+
+
+def test_a_broker_crash_during_the_hold_does_not_lose_what_the_store_also_lost(
+    broker: ServerProcess, tsdb: ServerProcess
+) -> None:
+    """Both peers fail inside the hold: the store loses the points it answered 204 for, and the
+    broker, SIGKILLed before its next autosave, forgets the messages it had acknowledged to the
+    gateway (it will not send them again). Only the bridge's memory still has them: entries of
+    the dead connection must still be read back and written again (never acknowledged)."""
+    config = parse_config(
+        {
+            "site": {"id": "kg"},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "influxdb": {"url": f"http://127.0.0.1:{tsdb.port}", "org": "o", "bucket": "b"},
+            "bridge": {"ack_delay": 4.0},
+        },
+        source="test",
+    )
+    readings = batch(0)
+    seqs = {r.seq for r in readings}
+
+    async def main() -> Bridge:
+        writer = RecordingWriter(
+            url=f"http://127.0.0.1:{tsdb.port}", org="o", bucket="b", token=None, timeout_ms=2000
+        )
+        bridge = Bridge(config=config, writer=writer)
+        task = asyncio.create_task(bridge.run())
+        try:
+            await asyncio.wait_for(bridge.subscribed.wait(), 10)
+            broker.save()  # the bridge's session is on disk; the message below will not be
+            message = ("canary/kg/telemetry/room-0", encode_telemetry("kg", "room-0", readings))
+            await asyncio.to_thread(publish, broker.port, [message])
+            await until(
+                lambda: any(seqs <= done for _, done in writer.accepted), 20, "the store's 204"
+            )
+            await asyncio.to_thread(tsdb.stop, signal.SIGKILL)  # the 204'd points are gone
+            await asyncio.to_thread(tsdb.start)
+            await asyncio.to_thread(broker.stop, signal.SIGKILL)  # and so is the message
+            await asyncio.to_thread(broker.start)
+            await until(lambda: bridge.stats.rewrites >= 1, 60, "the read-back to rewrite")
+            await until(lambda: bridge.held == 0, 60, "the dead connection's entry to finish")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return bridge
+
+    bridge = asyncio.run(main())
+    rows = vm_export(tsdb.port, '{__name__="co2_seq"}')
+    stored = sorted(v for row in rows for v in row["values"])
+    assert stored == sorted(float(s) for s in seqs)
+    assert bridge.stats.messages_acked == 0  # nothing of the dead connection was acknowledged
