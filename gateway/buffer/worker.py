@@ -164,17 +164,7 @@ class BufferWorker:
                 return
             self._failed(exc, readings, accepted, offsets)
             return
-        self._bug_logged = False
-        if self._failing:
-            log.info("buffer accepts readings again (%d readings lost meanwhile)", self.unstored)
-            self._failing = False
-        if dropped:
-            self.dropped_now += dropped
-            log.warning("buffer full: dropped the %d oldest undelivered readings", dropped)
-            if self.on_dropped is not None:
-                self.on_dropped(dropped)
-        if readings:
-            self.appended.set()
+        self._committed(dropped, stored=bool(readings))
 
     def _failed(
         self,
@@ -255,41 +245,46 @@ class BufferWorker:
         adopted: Sequence[Batch] = (),
         offsets: dict[int, int] | None = None,
     ) -> bool:
-        """Store ``readings`` now (with what is staged and acknowledged), registering the
-        ``adopted`` batches as in flight; True once committed, False if the storage failed (the
-        caller still holds the readings and tries again later; nothing is counted here)."""
-        self._staged.extend(readings)
-        self._offsets.update(offsets or {})
-        staged, self._staged = self._staged, []
-        accepted, self._accepted = self._accepted, []
-        offsets_now, self._offsets = self._offsets, {}
+        """Commit ``readings`` now, with the acknowledged batches, registering the ``adopted``
+        batches as in flight: the write of `gateway.buffer.writebehind.WriteBehind`, which keeps
+        the readings in its own memory and never uses `stage`. True once committed; False if it
+        failed, and then nothing of ``readings`` is kept or counted here (the caller still holds
+        them and tries again). A failure is logged once per streak (a bug with its traceback)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        accepted, self._accepted = self._accepted, []
         try:
-            dropped = await self._call(self.buffer.commit, staged, accepted, offsets_now, adopted)
-        except sqlite3.Error as exc:
+            dropped = await self._call(
+                self.buffer.commit, list(readings), accepted, offsets or {}, adopted
+            )
+        except Exception as exc:  # storage errors and bugs alike: the caller keeps the readings
             self._accepted = accepted + self._accepted
-            if self._accepted:
-                self._schedule(max(self.commit_interval, RETRY_DELAY))
             if not self._failing:
-                log.error("cannot write the buffer (%s); readings stay in memory meanwhile", exc)
+                bug = None if _is_storage_error(exc) else exc
+                log.error(
+                    "cannot write the buffer (%s); readings stay in memory", exc, exc_info=bug
+                )
             self._failing = True
+            if self._accepted:
+                self._schedule(max(self.commit_interval, self.retry_delay))
             return False
-        if self._failing:
-            log.info("buffer accepts readings again")
-            self._failing = False
-        if dropped:
-            self._dropped(dropped)
-        if staged:
-            self.appended.set()
+        self._committed(dropped, stored=bool(readings))
         return True
 
-    def _dropped(self, dropped: int) -> None:
-        self.dropped_now += dropped
-        log.warning("buffer full: dropped the %d oldest undelivered readings", dropped)
-        if self.on_dropped is not None:
-            self.on_dropped(dropped)
+    def _committed(self, dropped: int, *, stored: bool) -> None:
+        """After a successful commit: the recovery line, the drops, the publisher's wake-up."""
+        self._bug_logged = False
+        if self._failing:
+            log.info("buffer accepts readings again (%d readings lost meanwhile)", self.unstored)
+            self._failing = False
+        if dropped:
+            self.dropped_now += dropped
+            log.warning("buffer full: dropped the %d oldest undelivered readings", dropped)
+            if self.on_dropped is not None:
+                self.on_dropped(dropped)
+        if stored:
+            self.appended.set()
 
     async def held_from(self) -> int | None:
         """See `gateway.buffer.Buffer.held_from`."""
