@@ -61,23 +61,18 @@ class WriteBehind:
         *,
         commit_interval: float,
         max_unwritten: int = MAX_UNWRITTEN,
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self.worker = worker
-        self.commit_interval = commit_interval
         self._period = commit_interval / 2
         self._max_unwritten = max_unwritten
-        self._clock = clock
         self._mem: dict[int, _Staged] = {}
         self._order: list[int] = []
-        #: seq -> id of the memory batch it is in flight in.
-        self._flying: dict[int, int] = {}
+        #: Seqs in flight in a memory batch.
+        self._flying: set[int] = set()
         self._batches: dict[int, Batch] = {}
         #: Memory batches being written right now, with an acknowledgement that came meanwhile.
         self._adopting: dict[int, Batch] = {}
         self._early: dict[int, bool] = {}
-        #: Batches the durable buffer adopted: their end goes to the worker.
-        self._adopted: set[int] = set()
         self._ids = itertools.count(-1, -1)  # the worker's batch ids are positive
         #: The first held reading (untrusted clock): nothing from it on goes out from memory,
         #: until `restamp` or `release_unsynced`, so the stream stays in order.
@@ -129,7 +124,7 @@ class WriteBehind:
             return None
         batch = Batch(next(self._ids), tuple(taken))
         self._batches[batch.id] = batch
-        self._flying.update((r.seq, batch.id) for r in taken)
+        self._flying.update(r.seq for r in taken)
         return batch
 
     def _servable(self) -> itertools.filterfalse[int]:
@@ -148,13 +143,12 @@ class WriteBehind:
         elif batch.id in self._batches:
             self._end_in_memory(batch, accepted=accepted)
         else:
-            self._adopted.discard(batch.id)
             await self.worker.end(batch, accepted=accepted)
 
     def _end_in_memory(self, batch: Batch, *, accepted: bool) -> None:
         del self._batches[batch.id]
         for reading in batch.readings:
-            self._flying.pop(reading.seq, None)
+            self._flying.discard(reading.seq)
             if accepted and self._mem.pop(reading.seq, None) is not None:
                 del self._order[bisect.bisect_left(self._order, reading.seq)]
                 self.acked_from_memory += 1
@@ -170,7 +164,7 @@ class WriteBehind:
     # -- writing behind ------------------------------------------------------------------
 
     def _now(self) -> float:
-        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+        return asyncio.get_running_loop().time()
 
     def _schedule(self) -> None:
         if self._timer is None and self._writing is None:
@@ -246,13 +240,11 @@ class WriteBehind:
             return
         for seq in seqs:
             del self._mem[seq]
-            self._flying.pop(seq, None)
+            self._flying.discard(seq)
         del self._order[: len(seqs)]
         self.written += len(seqs)
-        self._adopted.update(b.id for b in adopting)
         for batch in adopting:  # acknowledged while being written: now the worker's to end
             if batch.id in early:
-                self._adopted.discard(batch.id)
                 await self.worker.end(batch, accepted=early[batch.id])
 
     def _trim(self) -> None:
