@@ -103,7 +103,11 @@ def run_bridge(
             await body(service)
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            done, _ = await asyncio.wait([task], timeout=20)
+            if not done:  # a bridge that does not stop: show where every task waits
+                for other in asyncio.all_tasks():
+                    other.print_stack()
+                raise AssertionError("the bridge did not stop within 20 s of its cancellation")
 
     asyncio.run(main())
 
