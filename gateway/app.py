@@ -303,8 +303,12 @@ async def _report_status(runtime: GatewayRuntime) -> None:
             alarm = replace(alarm, value=episode)
             runtime.publisher.publish_alarm(alarm, event=False)
         wake.clear()
+        # asyncio.timeout, never wait_for, in loops that run until cancelled: Python 3.11's
+        # wait_for can swallow a cancellation that races with the awaited future completing,
+        # and the task then runs on (a bridge that never stopped: seen once under load).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), STATUS_INTERVAL)
+            async with asyncio.timeout(STATUS_INTERVAL):
+                await wake.wait()
 
 
 def _buffer_alarm(*, active: bool, value: float | None) -> AlarmState:

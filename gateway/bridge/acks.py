@@ -152,4 +152,5 @@ class AckWindow:
         self._changed.clear()
         timeout = None if wake is None else wake - now
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see gateway/app.py
+                await self._changed.wait()

@@ -242,7 +242,8 @@ class Bridge:
                 if remaining <= 0:
                     break
                 try:
-                    entry = await asyncio.wait_for(self._inbox.get(), remaining)
+                    async with asyncio.timeout(remaining):  # not wait_for: see gateway/app.py
+                        entry = await self._inbox.get()
                 except TimeoutError:
                     break
             batch.append(entry)

@@ -199,7 +199,8 @@ class MqttPublisher:
                     # Nothing live; the backlog is empty, in flight, or waiting for tokens.
                     wait = (1 - tokens) / rate if rate and allowance < 1 else None
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(buffer.appended.wait(), wait)
+                        async with asyncio.timeout(wait):  # not wait_for: see gateway/app.py
+                            await buffer.appended.wait()
                     continue
                 if rate:
                     tokens -= len(batch.readings)
@@ -289,7 +290,8 @@ class MqttPublisher:
                 return
             with contextlib.suppress(TimeoutError):
                 # Woken by each acknowledgement; the timeout covers a publish still being queued.
-                await asyncio.wait_for(self._progress.wait(), 0.2)
+                async with asyncio.timeout(0.2):
+                    await self._progress.wait()
 
     def _on_puback(self, mid: int) -> None:
         gap = self._gap_mids.pop(mid, None)

@@ -213,7 +213,8 @@ class StatusService:
                     except OSError as exc:
                         log.error("panel refresh failed: %s", exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK)
+                    async with asyncio.timeout(TICK):
+                        await self._wake.wait()
         finally:
             if publisher_task is not None:
                 publisher_task.cancel()
