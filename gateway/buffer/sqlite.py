@@ -149,17 +149,27 @@ class SqliteBuffer:
         if held is not None:
             self._track.hold(int(held))
         self._reserved = max(self._meta("reserved"), self._last_seq)
-        self._start_run(declared_at_ms)
+        self._start_run(declared_at_ms, lost_upto=floor)
 
-    def _start_run(self, declared_at_ms: int | None) -> None:
-        """Mark the file running; after an unclean stop, declare the numbers that may be lost."""
+    def _start_run(self, declared_at_ms: int | None, *, lost_upto: int | None) -> None:
+        """Mark the file running; after an unclean stop, declare the numbers that may be lost.
+
+        ``lost_upto``: the file was damaged or lost, and with it the record of what was
+        delivered: every number up to the floor may be lost (``buffer_lost``), which the status's
+        ``recovered_from`` explains.
+        """
         unclean = self._meta("clean") == 0
         # Readings are written in sequence order (a prefix of what is unacknowledged), so a
         # stored reading proves every number below it stored or delivered.
         safe = max(self._meta("safe"), self._last_seq)
+        ts_ms = declared_at_ms if declared_at_ms is not None else time.time_ns() // 10**6
         with self._durable():
-            if unclean and self._reserved > safe:
-                ts_ms = declared_at_ms if declared_at_ms is not None else time.time_ns() // 10**6
+            if lost_upto:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO gaps VALUES (1, ?, 'buffer_lost', ?)",
+                    (lost_upto, ts_ms),
+                )
+            elif unclean and self._reserved > safe:
                 self._db.execute(
                     "INSERT OR REPLACE INTO gaps VALUES (?, ?, 'unclean_stop', ?)",
                     (safe + 1, self._reserved, ts_ms),

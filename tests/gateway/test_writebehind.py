@@ -268,8 +268,10 @@ def test_a_reservation_raises_the_mark_that_outlives_the_buffer_file(tmp_path: P
     first.close()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    second = SqliteBuffer(path)
+    second = SqliteBuffer(path, declared_at_ms=7)
     assert second.seq_floor() >= far
+    # ... and the loss of the file (and of its record of what was delivered) is declared.
+    assert second.declared_gaps() == [Gap(1, second.seq_floor(), "buffer_lost", 7)]
     second.close()
 
 
