@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway import counters
+from gateway import counters, health
 from gateway.buffer import Buffer, BufferLimits, BufferWorker, SqliteBuffer
 from gateway.buffer.base import Gap
 from gateway.buffer.sqlite import current_boot_id
@@ -33,13 +35,19 @@ from gateway.clock import (
 )
 from gateway.config import BufferConfig, ClockConfig, GatewayConfig
 from gateway.errors import GatewayError
+from gateway.health import Verdict
 from gateway.model import Reading, utc_ms
+from gateway.notify import Notifier
 from gateway.registry import BusRegistry, build_driver
+from gateway.reload import Device, Reloads, by_bus, plan
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
 from gateway.sinks.mqtt import MqttPublisher
 from gateway.status.alarms import AlarmState
 from gateway.status.service import StatusService
 from gateway.timekeeper import TimeKeeper
+
+if TYPE_CHECKING:
+    from simulators.site import SimulatedSite
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,8 @@ STABLE_RUN = 60.0
 DRAIN_TIMEOUT = 5.0
 #: Seconds between status publications (also published at once when the buffer drops readings).
 STATUS_INTERVAL = 60.0
+#: Seconds between health checks (and systemd STATUS= updates) when systemd asks for no watchdog.
+NOTIFY_INTERVAL = 30.0
 
 
 @dataclass
@@ -69,6 +79,8 @@ class GatewayRuntime:
     declared: list[Gap]
     #: Where a damaged buffer file was moved at start-up, if one was found (reported in status).
     recovered_from: Path | None = None
+    #: Readings buffered at the last status report (for summaries that must not wait on the disk).
+    last_pending: int = 0
 
 
 async def run_gateway(
@@ -78,17 +90,50 @@ async def run_gateway(
     simulate: bool = False,
     started: Callable[[GatewayRuntime], None] | None = None,
     monitor: ClockMonitor | None = None,
+    notifier: Notifier | None = None,
+    reloads: Reloads | None = None,
 ) -> None:
     """Run until ``stop`` is set. With ``simulate``, serve every device from an in-process simulator.
 
     ``monitor`` replaces the clock monitor built from ``[clock]`` (tests drive time with it).
+    ``notifier`` tells systemd about readiness and health (`gateway.notify`; default: nothing).
+    ``reloads`` carries SIGHUP's reload requests (`gateway.reload`): a reload that changes more
+    than devices runs the daemon again, in this process, with the new configuration.
     """
+    notifier = notifier or Notifier(None)
+    current: GatewayConfig | None = config
+    while current is not None:
+        current = await _run_once(
+            current,
+            stop=stop,
+            simulate=simulate,
+            started=started,
+            monitor=monitor,
+            notifier=notifier,
+            reloads=reloads,
+        )
+
+
+async def _run_once(
+    config: GatewayConfig,
+    *,
+    stop: asyncio.Event,
+    simulate: bool,
+    started: Callable[[GatewayRuntime], None] | None,
+    monitor: ClockMonitor | None,
+    notifier: Notifier,
+    reloads: Reloads | None,
+) -> GatewayConfig | None:
+    """One run of the daemon; returns the configuration to run next after a reload that needs
+    a restart, or None once stopped."""
     async with AsyncExitStack() as stack:
         buses = BusRegistry()
+        redirect: Callable[[GatewayConfig], GatewayConfig] = lambda loaded: loaded  # noqa: E731
         if simulate:
-            from gateway.simulate import simulated  # noqa: PLC0415 - simulators load only on demand
+            from gateway import simulate as simulation  # noqa: PLC0415 - simulators load on demand
 
-            config, buses, _site = await stack.enter_async_context(simulated(config))
+            config, buses, site = await stack.enter_async_context(simulation.simulated(config))
+            redirect = functools.partial(_redirected, site=site)
         # Off the loop: opening runs PRAGMA quick_check over the whole file (seconds on a slow
         # card with a large backlog), and may move a damaged file aside.
         storage = await asyncio.to_thread(_open_buffer, config.buffer)
@@ -113,37 +158,35 @@ async def run_gateway(
             recovered_from=storage.recovered_from,
         )
         sink = _sink(buffer, keeper, display)
-        runtime.pollers = _pollers(config, buses, sequence, sink, monitor.stamp)
+        make_poller = functools.partial(
+            _poller, buses=buses, sequence=sequence, sink=sink, stamp=monitor.stamp
+        )
+        runtime.pollers = [make_poller(key, devices) for key, devices in by_bus(config).items()]
         if started is not None:
             started(runtime)
         side_tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("status", lambda: _report_status(runtime)),
             ("clock", keeper.run),
+            ("watchdog", lambda: _watchdog(runtime, notifier)),
         ]
         if display is not None:
             side_tasks.append(("display", display.run))
         async with asyncio.TaskGroup() as group:
             mqtt_task = group.create_task(_supervise("mqtt", _publisher_runs(runtime)), name="mqtt")
             others = [group.create_task(_supervise(n, fn), name=n) for n, fn in side_tasks]
-            polling = [
-                group.create_task(_supervise(poller.name, poller.run), name=poller.name)
-                for poller in runtime.pollers
-            ]
-            await stop.wait()
-            log.info("stopping: polling ends; up to %.0f s to publish the buffer", DRAIN_TIMEOUT)
-            for task in [*polling, *others]:
-                task.cancel()
-            await asyncio.gather(*polling, return_exceptions=True)
-            await buffer.flush()  # the last commit window, so that it is drained too
-            try:
-                async with asyncio.timeout(DRAIN_TIMEOUT):
-                    await runtime.publisher.wait_drained()  # the current one (_publisher_runs)
-                drained = True
-            except TimeoutError:
-                drained = False
-            # The offline status of a clean stop carries the final counters.
-            pending, dropped = await buffer.pending(), await buffer.dropped()
-            runtime.publisher.final_details = status_details(runtime, pending, dropped)
+            polling = _BusTasks(group)
+            for poller in runtime.pollers:
+                polling.start(poller)
+            step = _Reloading(runtime, redirect, make_poller, polling, notifier)
+            following = await step.serve(stop, reloads)
+            if following is None:
+                notifier.stopping()
+                log.info(
+                    "stopping: polling ends; up to %.0f s to publish the buffer", DRAIN_TIMEOUT
+                )
+            else:
+                log.info("restarting with the new configuration: polling ends for a moment")
+            drained = await _wind_down(runtime, others, polling)
             mqtt_task.cancel()
         await buffer.finish(sequence.last)  # a clean stop: the next start declares no gap
         last_seq, left = sequence.last, await buffer.pending()
@@ -151,6 +194,160 @@ async def run_gateway(
             log.info("stopped: last sequence number %d; buffer empty", last_seq)
         else:
             log.info("stopped: last sequence number %d; %d readings stay buffered", last_seq, left)
+    return following
+
+
+async def _wind_down(
+    runtime: GatewayRuntime, others: Sequence[asyncio.Task[None]], polling: _BusTasks
+) -> bool:
+    """Stop polling and the side tasks, write what is in memory, and give the publisher up to
+    `DRAIN_TIMEOUT` to empty the buffer; returns whether it did."""
+    for task in others:
+        task.cancel()
+    await polling.stop_all()
+    await runtime.buffer.flush()  # the last commit window, so that it is drained too
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            await runtime.publisher.wait_drained()  # the current one (_publisher_runs)
+        drained = True
+    except TimeoutError:
+        drained = False
+    # The offline status of a clean stop carries the final counters.
+    pending, dropped = await runtime.buffer.pending(), await runtime.buffer.dropped()
+    runtime.publisher.final_details = status_details(runtime, pending, dropped)
+    return drained
+
+
+def _redirected(loaded: GatewayConfig, *, site: SimulatedSite) -> GatewayConfig:
+    from gateway.simulate import redirect  # noqa: PLC0415 - simulators load on demand
+
+    return redirect(loaded, site)
+
+
+class _BusTasks:
+    """The running bus tasks by poller name: started and stopped one by one on a reload."""
+
+    def __init__(self, group: asyncio.TaskGroup) -> None:
+        self._group = group
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, poller: BusPoller) -> None:
+        self._tasks[poller.name] = self._group.create_task(
+            _supervise(poller.name, poller.run), name=poller.name
+        )
+
+    async def stop(self, name: str) -> None:
+        """Cancel one bus task and wait until its drivers are closed."""
+        task = self._tasks.pop(name)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def stop_all(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Reloading:
+    """Waits for the stop or a reload request, and applies reloads (`gateway.reload`)."""
+
+    def __init__(
+        self,
+        runtime: GatewayRuntime,
+        redirect: Callable[[GatewayConfig], GatewayConfig],
+        make_poller: Callable[[str, list[Device]], BusPoller],
+        polling: _BusTasks,
+        notifier: Notifier,
+    ) -> None:
+        self._runtime = runtime
+        self._redirect = redirect
+        self._make_poller = make_poller
+        self._polling = polling
+        self._notifier = notifier
+
+    async def serve(self, stop: asyncio.Event, reloads: Reloads | None) -> GatewayConfig | None:
+        """Until ``stop`` (returns None) or a reload that needs a restart (returns its config)."""
+        while True:
+            if reloads is None:
+                await stop.wait()
+                return None
+            await _first_of(stop.wait(), reloads.requested.wait())
+            if stop.is_set():
+                return None
+            reloads.requested.clear()
+            following = await self._reload(reloads)
+            if following is not None:
+                return following
+
+    async def _reload(self, reloads: Reloads) -> GatewayConfig | None:
+        self._notifier.reloading()
+        try:
+            loaded = await asyncio.to_thread(reloads.load)
+            redirected = self._redirect(loaded)
+        except GatewayError as exc:
+            log.error("reload refused, the running configuration stays: %s", _one_line(exc))
+            self._notifier.ready("reload refused; running the previous configuration")
+            return None
+        change = plan(self._runtime.config, redirected)
+        if change.restart:
+            log.info("reload: %s changed; restarting in-process", ", ".join(change.sections))
+            self._notifier.reloading()
+            return loaded
+        if change.unchanged:
+            log.info("reload: the configuration did not change")
+        else:
+            await self._restart_buses(change.buses, redirected)
+            log.info("reload: applied; restarted %s", ", ".join(change.buses))
+        self._runtime.config = redirected
+        self._notifier.ready("configuration reloaded")
+        return None
+
+    async def _restart_buses(self, keys: Sequence[str], config: GatewayConfig) -> None:
+        """Stop the bus tasks of ``keys`` (closing their drivers, dropping their shared
+        transport) and start those that ``config`` still has, counters carried over by id."""
+        runtime = self._runtime
+        previous: dict[str, DeviceState] = {}
+        for key in keys:
+            old = next((p for p in runtime.pollers if p.name == _bus_name(key)), None)
+            if old is None:
+                continue
+            await self._polling.stop(old.name)
+            runtime.pollers.remove(old)
+            previous.update((state.id, state) for state in old.devices)
+            if not key.startswith("i2c:"):  # a Modbus line or endpoint: its settings may change
+                runtime.buses.buses.pop(key, None)
+        groups = by_bus(config)
+        for key in keys:
+            if key not in groups:
+                continue
+            poller = self._make_poller(key, groups[key])
+            for state in poller.devices:
+                if state.id in previous:
+                    _carry_counters(previous[state.id], state)
+            runtime.pollers.append(poller)
+            self._polling.start(poller)
+
+
+def _carry_counters(old: DeviceState, new: DeviceState) -> None:
+    """The status counters are totals since the daemon started: a reload does not reset them."""
+    new.polls, new.errors, new.no_values = old.polls, old.errors, old.no_values
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``waits`` completes; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " | ".join(str(exc).splitlines())
 
 
 def sync_source(config: ClockConfig) -> SyncGeneration:
@@ -181,26 +378,36 @@ def _status_service(
     return service
 
 
-def _pollers(
-    config: GatewayConfig,
+def device_guard(timeout: float) -> float:
+    """The scheduler's bound on one driver call of a device with request ``timeout``: room for
+    the driver's own retries, far beyond any legitimate call."""
+    return 4 * timeout + 10.0
+
+
+def _bus_name(key: str) -> str:
+    return f"bus {key}"
+
+
+def _poller(
+    key: str,
+    devices: Sequence[Device],
+    *,
     buses: BusRegistry,
     sequence: SequenceCounter,
     sink: Callable[[Sequence[Reading]], Awaitable[None]],
     stamp: Callable[[], tuple[datetime, bool]],
-) -> list[BusPoller]:
-    by_bus: dict[str, list[DeviceState]] = {}
-    for device in config.enabled_devices():
-        state = DeviceState(
+) -> BusPoller:
+    """The bus task of bus ``key``, polling ``devices`` in turn."""
+    states = [
+        DeviceState(
             id=device.id,
             driver=build_driver(device, buses),
             interval=device.interval,
-            guard=4 * device.timeout + 10.0,
+            guard=device_guard(device.timeout),
         )
-        by_bus.setdefault(device.bus_key(), []).append(state)
-    return [
-        BusPoller(name=f"bus {key}", devices=devices, sink=sink, sequence=sequence, stamp=stamp)
-        for key, devices in by_bus.items()
+        for device in devices
     ]
+    return BusPoller(name=_bus_name(key), devices=states, sink=sink, sequence=sequence, stamp=stamp)
 
 
 async def open_delivery(
@@ -291,6 +498,7 @@ async def _report_status(runtime: GatewayRuntime) -> None:
     alarm: AlarmState | None = None  # the active alarm, if any
     while True:
         pending, dropped = await runtime.buffer.pending(), await runtime.buffer.dropped()
+        runtime.last_pending = pending
         runtime.publisher.publish_status(status_details(runtime, pending, dropped))
         episode = dropped - baseline
         if alarm is None and episode:
@@ -309,6 +517,47 @@ async def _report_status(runtime: GatewayRuntime) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STATUS_INTERVAL):
                 await wake.wait()
+
+
+async def _watchdog(runtime: GatewayRuntime, notifier: Notifier) -> None:
+    """Tell systemd how the daemon is (`gateway.notify`, `gateway.health`).
+
+    ``READY=1`` once every bus task has opened its devices and started its grid (the buffer is
+    open before any task runs). ``WATCHDOG=1`` every half ``WatchdogSec=`` while the verdict is
+    ok; while it is not, the pings stop (systemd then restarts the daemon), and the hang is
+    logged once per episode. Until ready, each ping also extends the start timeout, so a slow
+    but progressing start (many dead devices on one line) is not killed while a hung one is.
+    """
+    interval = notifier.watchdog_seconds / 2 if notifier.watchdog_seconds else NOTIFY_INTERVAL
+    ready = False
+    hung: Verdict | None = None
+    while True:
+        if not ready and all(poller.started.is_set() for poller in runtime.pollers):
+            ready = True
+            notifier.ready(health.summary(runtime, Verdict(ok=True), runtime.last_pending))
+        verdict = health.verdict(runtime, time.monotonic())
+        line = health.summary(runtime, verdict, runtime.last_pending)
+        if verdict.ok:
+            notifier.ping(line)
+            if not ready:
+                notifier.send(EXTEND_TIMEOUT_USEC=str(int(3 * interval * 1e6)))
+            if hung is not None:
+                log.info("watchdog: the daemon makes progress again")
+            hung = None
+        else:
+            notifier.status(line)
+            if hung is None:
+                log.error(
+                    "watchdog: %s; no more pings to systemd, which restarts the daemon",
+                    "; ".join(verdict.problems),
+                )
+            hung = verdict
+        if ready:
+            await asyncio.sleep(interval)
+            continue
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await asyncio.gather(*(poller.started.wait() for poller in runtime.pollers))
 
 
 def _buffer_alarm(*, active: bool, value: float | None) -> AlarmState:

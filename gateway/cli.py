@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, logs
 from gateway.config import GatewayConfig, InfluxConfig, load_config
 from gateway.errors import ConfigError, GatewayError
 
@@ -27,13 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("pymodbus", "amqtt", "transitions", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
+    logs.configure(args.log_level)
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
@@ -145,9 +139,24 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from gateway.app import run_gateway  # noqa: PLC0415 - keeps `gateway check` light
+    from gateway.notify import Notifier  # noqa: PLC0415
+    from gateway.reload import Reloads  # noqa: PLC0415
 
     config = load_config(args.config)
-    return _serve(lambda stop: run_gateway(config, stop=stop, simulate=args.simulate))
+    notifier = Notifier.from_environment()
+
+    async def run_until(stop: asyncio.Event) -> None:
+        # SIGHUP (`systemctl reload gateway`): validate the file again and apply it.
+        reloads = Reloads(load=lambda: load_config(args.config))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloads.request)
+        try:
+            await run_gateway(
+                config, stop=stop, simulate=args.simulate, notifier=notifier, reloads=reloads
+            )
+        finally:
+            notifier.close()
+
+    return _serve(run_until)
 
 
 def _bridge(args: argparse.Namespace) -> int:
@@ -159,10 +168,18 @@ def _bridge(args: argparse.Namespace) -> int:
     writer = InfluxWriter.from_config(influx)
 
     async def bridge_until(stop: asyncio.Event) -> None:
+        from gateway.notify import Notifier, keep_alive  # noqa: PLC0415
+
+        notifier = Notifier.from_environment()
         async with asyncio.TaskGroup() as group:
             task = group.create_task(Bridge(config=config, writer=writer).run(), name="bridge")
+            pings = group.create_task(keep_alive(notifier, task, "bridging"), name="watchdog")
+            notifier.ready("bridging")
             await stop.wait()
+            notifier.stopping()
             task.cancel()
+            pings.cancel()
+        notifier.close()
 
     return _serve(bridge_until)
 

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between retries of a failing device, in seconds.
 MAX_BACKOFF = 300.0
+#: On top of its own bounds, how long a bus task may take to come back (see `BusPoller.deadline`):
+#: for the sink and the sequence reservation, and for a loop that wakes up late.
+PROGRESS_GRACE = 10.0
 
 
 class DriverBug(DeviceError):
@@ -173,6 +176,24 @@ class BusPoller:
         self._monotonic = monotonic
         self._stamp = stamp or (lambda: (utc_ms(wall_clock()), True))
         self._rng = rng or random.Random()
+        #: Monotonic time by which the task must be back in its loop: set before each step to
+        #: the step's own bound (a driver call's guard, or the wake-up time of a sleep) plus
+        #: `PROGRESS_GRACE`. A bus task past its deadline is hung (`gateway.health`): a driver
+        #: that swallows the cancellation of its timeouts, a sequence reservation that waits on
+        #: a hung card, or a blocked event loop.
+        self.deadline = self._monotonic() + self._step_bound()
+        #: Set once every device was opened (or failed to) and the polling grid started.
+        self.started = asyncio.Event()
+
+    def _step_bound(self) -> float:
+        """The longest one step may take: open(), poll() and close(), each within its guard,
+        and the grace."""
+        return 3 * max((d.guard for d in self.devices), default=0.0) + PROGRESS_GRACE
+
+    def _progress(self, until: float | None = None) -> None:
+        """A step starts: it must end by ``until`` (a planned wake-up) or its own bound."""
+        now = self._monotonic()
+        self.deadline = (until + PROGRESS_GRACE) if until is not None else now + self._step_bound()
 
     async def run(self) -> None:
         """Open every device, then poll forever; on cancellation close every driver.
@@ -184,18 +205,22 @@ class BusPoller:
         try:
             failed: set[str] = set()
             for device in self.devices:
+                self._progress()
                 if not await self._open(device):
                     failed.add(device.id)
             start = self._monotonic()
             for device in self.devices:
                 if device.id not in failed:
                     device.next_due = start
+            self.started.set()
             while True:
                 device = min(self.devices, key=lambda d: d.next_due)
                 delay = device.next_due - self._monotonic()
                 if delay > 0:
+                    self._progress(until=device.next_due)
                     await asyncio.sleep(delay)
                     continue
+                self._progress()
                 await self._service(device)
         finally:
             # Close every driver, opened or not: an open() cut short may have left a transport
@@ -246,9 +271,22 @@ class BusPoller:
         return True
 
     async def _close(self, device: DeviceState) -> None:
-        """Close ``device``'s driver; a driver whose close() raises is a bug, logged, not raised."""
+        """Close ``device``'s driver; a driver whose close() raises is a bug, logged, not raised.
+
+        Bounded by the device's guard like open() and poll(): a close() stuck on a wedged
+        transport is given up (and logged), so that the bus goes on and a stop never waits on it.
+        """
         try:
-            await device.driver.close()
+            async with asyncio.timeout(device.guard):
+                await device.driver.close()
+        except TimeoutError:
+            if not device.bug_logged:
+                log.warning(
+                    "device %s: close() did not return within %.0f s; given up",
+                    device.id,
+                    device.guard,
+                )
+                device.bug_logged = True
         except Exception as exc:
             if not device.bug_logged:
                 log.warning(

@@ -63,6 +63,43 @@ def site_spec(config: GatewayConfig) -> SiteSpec:
     )
 
 
+def redirect(config: GatewayConfig, site: SimulatedSite) -> GatewayConfig:
+    """``config`` with every enabled Modbus device pointed at ``site``'s simulators (I2C devices
+    need no change: their bus names resolve to the site's simulated buses). Raises `ConfigError`
+    for a device the site does not simulate (one added by a reload, say)."""
+    devices: list[ModbusDevice | SunSpecDevice | Scd4xDevice | Pmsa003iDevice] = []
+    for device in config.devices:
+        if (
+            isinstance(device, ModbusDevice)
+            and device.enabled
+            and isinstance(device.transport, RtuTransport)
+        ):
+            # The gateway opens the PTY slave exactly as it would open /dev/ttyUSB0.
+            pty = site.rtu_paths.get(device.transport.port)
+            if pty is None:
+                raise ConfigError(
+                    f"device {device.id}: no simulator serves {device.transport.port}"
+                )
+            serial_line = device.transport.model_copy(update={"port": pty})
+            devices.append(device.model_copy(update={"transport": serial_line}))
+        elif (
+            isinstance(device, ModbusDevice | SunSpecDevice)
+            and device.enabled
+            and isinstance(device.transport, TcpTransport)
+        ):
+            port = site.modbus_ports.get((device.transport.host, device.transport.port))
+            if port is None:
+                raise ConfigError(
+                    f"device {device.id}: no simulator serves "
+                    f"{device.transport.host}:{device.transport.port}"
+                )
+            transport = device.transport.model_copy(update={"host": "127.0.0.1", "port": port})
+            devices.append(device.model_copy(update={"transport": transport}))
+        else:
+            devices.append(device)
+    return config.model_copy(update={"devices": devices})
+
+
 @asynccontextmanager
 async def simulated(
     config: GatewayConfig,
@@ -71,31 +108,6 @@ async def simulated(
     site = SimulatedSite(site_spec(config))
     await site.start(ephemeral=True)
     try:
-        devices: list[ModbusDevice | SunSpecDevice | Scd4xDevice | Pmsa003iDevice] = []
-        for device in config.devices:
-            if (
-                isinstance(device, ModbusDevice)
-                and device.enabled
-                and isinstance(device.transport, RtuTransport)
-            ):
-                # The gateway opens the PTY slave exactly as it would open /dev/ttyUSB0.
-                pty = site.rtu_paths[device.transport.port]
-                serial_line = device.transport.model_copy(update={"port": pty})
-                devices.append(device.model_copy(update={"transport": serial_line}))
-            elif (
-                isinstance(device, ModbusDevice | SunSpecDevice)
-                and device.enabled
-                and isinstance(device.transport, TcpTransport)
-            ):
-                port = site.modbus_ports[(device.transport.host, device.transport.port)]
-                transport = device.transport.model_copy(update={"host": "127.0.0.1", "port": port})
-                devices.append(device.model_copy(update={"transport": transport}))
-            else:
-                devices.append(device)
-        yield (
-            config.model_copy(update={"devices": devices}),
-            BusRegistry(buses=dict(site.i2c_buses)),
-            site,
-        )
+        yield redirect(config, site), BusRegistry(buses=dict(site.i2c_buses)), site
     finally:
         await site.stop()

@@ -29,9 +29,9 @@ duplicate, never a loss).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -87,10 +87,24 @@ class BufferWorker:
         self.dropped_now = 0
         #: Called with the number of readings the limits just dropped (status, alarms).
         self.on_dropped: Callable[[int], None] | None = None
+        #: Monotonic time when the storage call now running on the buffer thread began (None:
+        #: the thread is idle). A call that never ends is a hung card or a wedged SQLite lock:
+        #: `gateway.health` reports it and the systemd watchdog stops being fed.
+        self.busy_since: float | None = None
 
     async def _call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._pool, self._timed, fn, args, kwargs)
+
+    def _timed(
+        self, fn: Callable[..., T], args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> T:
+        """Runs on the buffer thread: ``fn`` with `busy_since` set while it runs."""
+        self.busy_since = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.busy_since = None
 
     def stage(self, readings: Sequence[Reading], *, clock_offset_ms: int | None = None) -> None:
         """Queue ``readings`` for the next commit; returns at once (never waits on the disk).
