@@ -299,7 +299,7 @@ class _Reloading:
             log.info("reload: the configuration did not change")
         else:
             await self._restart_buses(change.buses, redirected)
-            log.info("reload: applied; restarted %s", ", ".join(change.buses))
+            log.info("reload: applied; restarted %s", ", ".join(map(_bus_name, change.buses)))
         self._runtime.config = redirected
         self._notifier.ready("configuration reloaded")
         return None

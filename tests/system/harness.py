@@ -69,11 +69,15 @@ def site_config(
 class Process:
     """A gateway/bridge/simulator child process with its output in a log file."""
 
-    def __init__(self, name: str, argv: list[str], tmp_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], tmp_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log = tmp_path / f"{name}.log"
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+            )
         RUNNING.add(self.proc)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
