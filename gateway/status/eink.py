@@ -297,9 +297,20 @@ class InkyBackend:
     def show(self, image: Image.Image) -> None:
         """Send the image to the panel (a full refresh takes a few seconds on e-ink)."""
         width, height = self._display.resolution
-        frame = image.convert("P").resize((width, height))
-        self._display.set_image(frame)
+        self._display.set_image(inky_frame(image, (width, height), self._display))
         self._display.show()
+
+
+def inky_frame(image: Image.Image, size: tuple[int, int], display: Any) -> Image.Image:
+    """``image`` as the "P" image an Inky driver takes: its pixel values are the driver's own
+    colour indices (``display.WHITE``, ``display.BLACK``: 0 and 1 on the pHAT), used as they are.
+    A plain ``convert("P")`` gives 0 for black and 255 for white, which the driver reads as
+    white and as "not black": a blank panel."""
+    grey = image.convert("L").resize(size)
+    black, white = int(display.BLACK), int(display.WHITE)
+    frame = Image.new("P", size)
+    frame.putdata([black if value < 128 else white for value in grey.getdata()])
+    return frame
 
 
 class Panel:

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageDraw
 
 from gateway.status.airquality import Level
 from gateway.status.eink import (
@@ -16,6 +16,7 @@ from gateway.status.eink import (
     Panel,
     PanelContent,
     PngBackend,
+    inky_frame,
     main,
     render,
 )
@@ -96,3 +97,20 @@ def test_committed_readme_images_are_what_the_script_renders(tmp_path: Path) -> 
         assert diff.getbbox() is None, (
             f"{committed} is stale: rerun python -m gateway.status.eink --demo docs/images"
         )
+
+
+class InkyLike:
+    """The colour indices of Pimoroni's Inky pHAT driver (inky/inky_ssd1608.py: WHITE = 0,
+    BLACK = 1), whose set_image keeps a "P" image's values as those indices."""
+
+    WHITE, BLACK = 0, 1
+
+
+def test_the_inky_frame_uses_the_drivers_own_colour_indices() -> None:
+    image = Image.new("1", (250, 122), 1)  # white
+    ImageDraw.Draw(image).rectangle((10, 10, 19, 19), fill=0)  # a 10 x 10 black square
+    frame = inky_frame(image, (250, 122), InkyLike())
+    assert frame.mode == "P"
+    values = list(frame.getdata())
+    assert values.count(InkyLike.BLACK) == 100
+    assert set(values) == {InkyLike.WHITE, InkyLike.BLACK}
