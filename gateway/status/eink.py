@@ -308,9 +308,8 @@ def inky_frame(image: Image.Image, size: tuple[int, int], display: Any) -> Image
     white and as "not black": a blank panel."""
     grey = image.convert("L").resize(size)
     black, white = int(display.BLACK), int(display.WHITE)
-    frame = Image.new("P", size)
-    frame.putdata([black if value < 128 else white for value in grey.getdata()])
-    return frame
+    lut = bytes(black if value < 128 else white for value in range(256))
+    return Image.frombytes("P", size, grey.tobytes().translate(lut))
 
 
 class Panel:
