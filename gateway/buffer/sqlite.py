@@ -48,9 +48,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.buffer.base import Batch, BufferLimits, Gap, InflightTracker, check_sequence
+from gateway.errors import StorageError
 from gateway.model import Quality, Reading, Value, from_epoch_ms, to_epoch_ms
 
 log = logging.getLogger(__name__)
+
+
+class BufferFormatError(StorageError):
+    """The buffer file is of a newer format than this code reads (a rollback): refused whole,
+    so that its readings stay for the version that wrote them."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -90,6 +96,10 @@ Synchronous = Literal["FULL", "NORMAL"]
 BYTES_LOW_WATER = 0.9
 #: How far ahead of the stored sequence numbers the ``.seq`` high-water mark is raised at a time.
 SEQ_BLOCK = 1_000_000
+#: The file format this code writes (``PRAGMA user_version``; 0: written before the format had
+#: a number, which this code upgrades in place). A file of a higher format was written by a
+#: newer gateway: it is refused, never moved aside (`BufferFormatError`).
+FORMAT = 1
 
 
 class SqliteBuffer:
@@ -246,12 +256,20 @@ class SqliteBuffer:
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
+            written = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if written > FORMAT:
+                raise BufferFormatError(
+                    f"buffer {self.path} was written by a newer Canary Gateway (file format "
+                    f"{written}; this version reads up to {FORMAT}): install the newer version "
+                    "again, or let it publish the buffer and move the file aside"
+                )
             columns = {row[1] for row in db.execute("PRAGMA table_info(readings)")}
             if columns and "synced" not in columns:  # a buffer from before held readings
                 db.execute("ALTER TABLE readings ADD COLUMN synced INTEGER NOT NULL DEFAULT 1")
                 db.execute("ALTER TABLE readings ADD COLUMN offset_ms INTEGER")
             db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError:
+            db.execute(f"PRAGMA user_version = {FORMAT}")
+        except (sqlite3.DatabaseError, BufferFormatError):
             db.close()
             raise
         return db, not columns

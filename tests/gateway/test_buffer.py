@@ -772,3 +772,23 @@ def test_worker_runs_calls_in_order_on_one_named_thread_and_joins_it(tmp_path: P
     assert thread is not threading.main_thread()
     assert thread.name.startswith("buffer")
     assert not thread.is_alive(), "close() must join the worker thread"
+
+
+def test_a_buffer_of_a_newer_format_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """A rollback to an older gateway must not take a newer file for a damaged one (moved aside,
+    its readings lost): it refuses to start, naming the file and what to do."""
+    import sqlite3  # noqa: PLC0415
+
+    from gateway.buffer.sqlite import FORMAT, BufferFormatError  # noqa: PLC0415
+
+    path = tmp_path / "buffer.sqlite3"
+    buffer = SqliteBuffer(path)
+    buffer.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT
+        db.execute(f"PRAGMA user_version = {FORMAT + 1}")
+    before = path.read_bytes()
+    with pytest.raises(BufferFormatError, match="newer Canary Gateway"):
+        SqliteBuffer(path)
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("*.corrupt-*"))
