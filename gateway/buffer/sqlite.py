@@ -58,6 +58,7 @@ class BufferFormatError(StorageError):
     """The buffer file is of a newer format than this code reads (a rollback): refused whole,
     so that its readings stay for the version that wrote them."""
 
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     seq     INTEGER PRIMARY KEY,
