@@ -538,6 +538,13 @@ Ppm = Annotated[float, Field(gt=0, le=40_000)]
 Ugm3 = Annotated[float, Field(gt=0, le=1000)]
 
 
+#: BCM pins of the I2C bus (SDA, SCL) the canaries are on.
+I2C_PINS = frozenset({2, 3})
+#: BCM pins a Pimoroni Inky pHAT takes: SPI0 (CE1, CE0, MISO, MOSI, SCLK), BUSY, RESET and DC
+#: (pimoroni/inky, inky_ssd1608.py).
+INKY_PINS = frozenset({7, 8, 9, 10, 11, 17, 22, 27})
+
+
 class LedPins(_Model):
     """The three LEDs of a room's traffic light, by BCM GPIO number."""
 
@@ -611,6 +618,19 @@ class StatusConfig(_Model):
         pins = [p for r in self.rooms if r.led for p in (r.led.red, r.led.amber, r.led.green)]
         if len(pins) != len(set(pins)):
             raise ValueError("every LED needs its own GPIO pin")
+        if I2C_PINS & set(pins):
+            raise ValueError("LED pins must not be GPIO 2 or 3: they are the canaries' I2C bus")
+        inky = [r.id for r in self.rooms if r.panel is not None and r.panel.backend == "inky"]
+        if len(inky) > 1:
+            raise ValueError(
+                f"only one inky panel fits on a Pi; rooms {', '.join(inky)} each have one"
+            )
+        if inky and INKY_PINS & set(pins):
+            taken = ", ".join(str(p) for p in sorted(INKY_PINS & set(pins)))
+            raise ValueError(
+                f"LED pins {taken} are used by the inky panel (SPI0 GPIO 7-11, BUSY 17, "
+                "RESET 27, DC 22); choose others, e.g. 5, 6, 13"
+            )
         ids = [r.id for r in self.rooms]
         if len(ids) != len(set(ids)):
             raise ValueError("room ids must be unique")
