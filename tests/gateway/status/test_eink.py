@@ -111,6 +111,6 @@ def test_the_inky_frame_uses_the_drivers_own_colour_indices() -> None:
     ImageDraw.Draw(image).rectangle((10, 10, 19, 19), fill=0)  # a 10 x 10 black square
     frame = inky_frame(image, (250, 122), InkyLike())
     assert frame.mode == "P"
-    values = list(frame.getdata())
+    values = list(frame.tobytes())
     assert values.count(InkyLike.BLACK) == 100
     assert set(values) == {InkyLike.WHITE, InkyLike.BLACK}
