@@ -210,7 +210,7 @@ async def main() -> None:
     parser.add_argument("--normal-seconds", type=float, default=40.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    base = load_config(ROOT / "config" / "demo.toml")
+    base = load_config(ROOT / "gateway" / "demo.toml")
     with tempfile.TemporaryDirectory(prefix="canary-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         (tmp / "mosquitto").mkdir()

@@ -69,7 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     bridge.set_defaults(handler=_bridge)
 
     demo = commands.add_parser("demo", help="run the simulated demo site with an embedded broker")
-    demo.add_argument("--config", type=Path, default=Path("config/demo.toml"))
+    demo.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="default: the simulated reference site shipped with the package (gateway/demo.toml)",
+    )
     demo.add_argument(
         "--duration",
         type=float,
@@ -185,9 +190,9 @@ def _bridge(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo  # noqa: PLC0415
+    from gateway.demo import DEMO_CONFIG, run_demo  # noqa: PLC0415
 
-    config = load_config(args.config)
+    config = load_config(args.config or DEMO_CONFIG)
     return _serve(lambda stop: run_demo(config, stop=stop, duration=args.duration))
 
 

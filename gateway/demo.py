@@ -18,10 +18,16 @@ import paho.mqtt.client as mqtt
 
 from gateway.app import run_gateway
 from gateway.config import BufferConfig, GatewayConfig
+from gateway.errors import GatewayError
 from gateway.mqtt_client import LoopBridge, make_client
 
 #: Values shown per message; an inverter reports ~75 metrics, too many for one terminal line.
 SHOWN_METRICS = 6
+
+#: The simulated reference site, `gateway demo`'s default configuration. It is package data (not a
+#: file of the checkout), so the demo works wherever the package is installed; setuptools installs
+#: packages as plain directories, so a path next to this module is a real file.
+DEMO_CONFIG = Path(__file__).with_name("demo.toml")
 
 
 def free_port() -> int:
@@ -36,7 +42,13 @@ async def run_demo(
     config: GatewayConfig, *, stop: asyncio.Event, duration: float | None, out: TextIO = sys.stdout
 ) -> None:
     """Run the demo until ``stop`` is set or ``duration`` seconds passed."""
-    from amqtt.broker import Broker  # noqa: PLC0415 - optional dependency, demo only
+    try:
+        from amqtt.broker import Broker  # noqa: PLC0415 - optional dependency, demo only
+    except ImportError as exc:
+        raise GatewayError(
+            "gateway demo needs the embedded broker of the optional 'demo' extra: "
+            "pip install 'canary-gateway[demo]' (the Debian package does not include it)"
+        ) from exc
 
     port = free_port()
     broker = Broker(

@@ -246,7 +246,7 @@ class Chain:
         path = site_config(
             folder, broker=self.proxies["bridge"].port, tsdb=self.proxies["store"].port
         )
-        assert "\n[bridge]" not in path.read_text(), "config/demo.toml has a [bridge] now"
+        assert "\n[bridge]" not in path.read_text(), "gateway/demo.toml has a [bridge] now"
         extra = f'\n[bridge]\nclient_id = "chaos-{role}"\n'
         if self.share_group is not None:
             extra += f'share_group = "{self.share_group}"\n'
@@ -499,7 +499,7 @@ def with_interval(config: str, interval: float) -> str:
     out = [head]
     for block in blocks:
         if 'driver = "scd4x"' not in block:
-            assert "\ninterval = 5\n" in block, "config/demo.toml changed its intervals"
+            assert "\ninterval = 5\n" in block, "gateway/demo.toml changed its intervals"
             out.append(block.replace("\ninterval = 5\n", f"\ninterval = {interval}\n"))
         else:
             out.append(block)

@@ -215,7 +215,7 @@ def test_gateway_read_simulated_inverter_from_the_demo_config(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     code = cli.main(
-        ["read", "--simulate", "--config", str(ROOT / "config/demo.toml"), "b1-pv-inverter"]
+        ["read", "--simulate", "--config", str(ROOT / "gateway/demo.toml"), "b1-pv-inverter"]
     )
     out = capsys.readouterr().out
     assert code == 0

@@ -39,9 +39,9 @@ def site_config(
     buffer: str = "",
     mqtt: str = "",
 ) -> Path:
-    """config/demo.toml with this test's broker, store, buffer and device ports; ``buffer`` and
+    """gateway/demo.toml with this test's broker, store, buffer and device ports; ``buffer`` and
     ``mqtt`` are extra TOML lines for those sections."""
-    text = (ROOT / "config" / "demo.toml").read_text()
+    text = (ROOT / "gateway" / "demo.toml").read_text()
     replacements = {
         "port = 1883": f"port = {broker}",
         "http://127.0.0.1:8428": f"http://127.0.0.1:{tsdb}",
@@ -59,7 +59,7 @@ def site_config(
         "warmup_s = 30": "warmup_s = 0",
     }
     for old, new in replacements.items():
-        assert old in text, f"config/demo.toml no longer contains {old!r}; update this test"
+        assert old in text, f"gateway/demo.toml no longer contains {old!r}; update this test"
         text = text.replace(old, new)
     path = tmp_path / "gateway.toml"
     path.write_text(text)
