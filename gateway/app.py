@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from gateway.clock import (
 )
 from gateway.config import BufferConfig, ClockConfig, GatewayConfig
 from gateway.errors import GatewayError
+from gateway.local.latest import LatestValues
+from gateway.local.server import LocalStatusServer
 from gateway.model import Reading, utc_ms
 from gateway.registry import BusRegistry, build_driver
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
@@ -69,6 +72,11 @@ class GatewayRuntime:
     declared: list[Gap]
     #: Where a damaged buffer file was moved at start-up, if one was found (reported in status).
     recovered_from: Path | None = None
+    #: The last value of every metric, and the classroom status if any (local status).
+    latest: LatestValues = field(default_factory=LatestValues)
+    display: StatusService | None = None
+    #: Monotonic time `run_gateway` started (uptime).
+    started_at: float = field(default_factory=time.monotonic)
 
 
 async def run_gateway(
@@ -83,6 +91,7 @@ async def run_gateway(
 
     ``monitor`` replaces the clock monitor built from ``[clock]`` (tests drive time with it).
     """
+    started_at = time.monotonic()
     async with AsyncExitStack() as stack:
         buses = BusRegistry()
         if simulate:
@@ -111,14 +120,17 @@ async def run_gateway(
             sequence=sequence,
             declared=await buffer.declared_gaps(),
             recovered_from=storage.recovered_from,
+            display=display,
+            started_at=started_at,
         )
-        sink = _sink(buffer, keeper, display)
+        sink = _sink(buffer, keeper, display, runtime.latest)
         runtime.pollers = _pollers(config, buses, sequence, sink, monitor.stamp)
         if started is not None:
             started(runtime)
         side_tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("status", lambda: _report_status(runtime)),
             ("clock", keeper.run),
+            ("local", LocalStatusServer(runtime=runtime).run),
         ]
         if display is not None:
             side_tasks.append(("display", display.run))
@@ -233,20 +245,26 @@ def _open_buffer(config: BufferConfig) -> SqliteBuffer:
 
 
 def _sink(
-    buffer: WriteBehind, keeper: TimeKeeper, display: StatusService | None
+    buffer: WriteBehind,
+    keeper: TimeKeeper,
+    display: StatusService | None,
+    latest: LatestValues | None = None,
 ) -> Callable[[Sequence[Reading]], Awaitable[None]]:
     """Hand a poll's readings to the buffer's next group commit, then show them locally.
 
     The data path comes first and nothing on the display's side can hurt it: staging never waits
     on the disk (so a storage problem never delays an alarm either), and an exception from the
     status code is a bug that is logged once per episode, with its traceback, and never reaches
-    the poller. Untrusted readings are staged with their clock offset while held.
+    the poller. Untrusted readings are staged with their clock offset while held. ``latest``
+    keeps the last value per metric for the local status (dict assignments only).
     """
     failing = False
 
     async def stage_then_observe(readings: Sequence[Reading]) -> None:
         nonlocal failing
         buffer.stage(readings, clock_offset_ms=keeper.offset_for_stage())
+        if latest is not None:
+            latest.observe(readings)
         if display is None:
             return
         try:
