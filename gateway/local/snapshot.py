@@ -194,12 +194,11 @@ async def take_snapshot(runtime: GatewayRuntime, *, now: float | None = None) ->
     wall = utc_ms(datetime.now(UTC))
     health = verdict(runtime, now)
     buffer = await _buffer_view(runtime, now_ms=to_epoch_ms(wall))
-    configs = {d.id: d for d in runtime.config.enabled_devices()}
-    devices = [
-        _device_view(state, configs[state.id], runtime.latest.of(state.id), now=now)
-        for poller in runtime.pollers
-        for state in poller.devices
-        if state.id in configs
+    states = {state.id: state for poller in runtime.pollers for state in poller.devices}
+    devices = [  # in the order of the configuration file
+        _device_view(states[device.id], device, runtime.latest.of(device.id), now=now)
+        for device in runtime.config.enabled_devices()
+        if device.id in states
     ]
     buses = [
         BusView(

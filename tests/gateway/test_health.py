@@ -13,13 +13,16 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from gateway.app import GatewayRuntime
-from gateway.buffer import BufferWorker, MemoryBuffer
+from gateway.buffer import BufferWorker, MemoryBuffer, SqliteBuffer
 from gateway.buffer.writebehind import WriteBehind
 from gateway.health import COMMIT_GRACE, Verdict, bus_deadline, verdict
-from gateway.model import MetricSpec, Reading, Value, utc_ms
+from gateway.model import MetricSpec, Reading, Value, to_epoch_ms, utc_ms
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
 
 
@@ -122,20 +125,31 @@ def test_readings_waiting_in_memory_past_the_commit_deadline_are_a_buffer_proble
     assert judge(Runtime([], Buffer()), 10**6).ok, "nothing in memory: nothing to write"
 
 
-def test_the_real_write_behind_reports_its_oldest_unwritten_reading() -> None:
-    async def main() -> tuple[float | None, float, int, float | None]:
-        buffer = WriteBehind(BufferWorker(MemoryBuffer()), commit_interval=60)
-        before = asyncio.get_running_loop().time()
-        ts = utc_ms(datetime.now(UTC))
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_the_real_write_behind_reports_its_oldest_unwritten_and_pending_readings(
+    kind: str, tmp_path: Path
+) -> None:
+    storage = MemoryBuffer() if kind == "memory" else SqliteBuffer(tmp_path / "b.sqlite3")
+
+    ts = utc_ms(datetime.now(UTC))
+
+    async def main() -> dict[str, Any]:
+        buffer = WriteBehind(BufferWorker(storage), commit_interval=60)
+        seen: dict[str, Any] = {"empty": await buffer.oldest()}
+        seen["before"] = asyncio.get_running_loop().time()
         buffer.stage(
             [Reading(device="d", metric="m", value=1, unit="", ts=ts, seq=s) for s in (1, 2)]
         )
-        at, count = buffer.oldest_unwritten_at, buffer.unwritten
+        seen["at"], seen["count"] = buffer.oldest_unwritten_at, buffer.unwritten
+        seen["in_memory"] = await buffer.oldest()
         await buffer.flush()
-        after = buffer.oldest_unwritten_at
+        seen["after"], seen["stored"] = buffer.oldest_unwritten_at, await buffer.oldest()
         await buffer.close()
-        return at, before, count, after
+        return seen
 
-    at, before, count, after = asyncio.run(main())
-    assert at is not None and before <= at <= before + 1 and count == 2
-    assert after is None, "written: nothing waits in memory"
+    seen = asyncio.run(main())
+    assert seen["at"] is not None and seen["before"] <= seen["at"] <= seen["before"] + 1
+    assert seen["count"] == 2
+    assert seen["after"] is None, "written: nothing waits in memory"
+    assert seen["empty"] is None
+    assert seen["in_memory"] == seen["stored"] == (1, to_epoch_ms(ts))
