@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,8 @@ from gateway.clock import (
 from gateway.config import BufferConfig, ClockConfig, GatewayConfig
 from gateway.errors import GatewayError
 from gateway.health import Verdict
+from gateway.local.latest import LatestValues
+from gateway.local.server import LocalStatusServer
 from gateway.model import Reading, utc_ms
 from gateway.notify import Notifier
 from gateway.registry import BusRegistry, build_driver
@@ -81,6 +83,11 @@ class GatewayRuntime:
     recovered_from: Path | None = None
     #: Readings buffered at the last status report (for summaries that must not wait on the disk).
     last_pending: int = 0
+    #: The last value of every metric, and the classroom status if any (local status).
+    latest: LatestValues = field(default_factory=LatestValues)
+    display: StatusService | None = None
+    #: Monotonic time `run_gateway` started (uptime).
+    started_at: float = field(default_factory=time.monotonic)
 
 
 async def run_gateway(
@@ -101,6 +108,7 @@ async def run_gateway(
     than devices runs the daemon again, in this process, with the new configuration.
     """
     notifier = notifier or Notifier(None)
+    started_at = time.monotonic()  # uptime counts across in-process restarts
     current: GatewayConfig | None = config
     while current is not None:
         current = await _run_once(
@@ -111,6 +119,7 @@ async def run_gateway(
             monitor=monitor,
             notifier=notifier,
             reloads=reloads,
+            started_at=started_at,
         )
 
 
@@ -123,6 +132,7 @@ async def _run_once(
     monitor: ClockMonitor | None,
     notifier: Notifier,
     reloads: Reloads | None,
+    started_at: float,
 ) -> GatewayConfig | None:
     """One run of the daemon; returns the configuration to run next after a reload that needs
     a restart, or None once stopped."""
@@ -156,8 +166,10 @@ async def _run_once(
             sequence=sequence,
             declared=await buffer.declared_gaps(),
             recovered_from=storage.recovered_from,
+            display=display,
+            started_at=started_at,
         )
-        sink = _sink(buffer, keeper, display)
+        sink = _sink(buffer, keeper, display, runtime.latest)
         make_poller = functools.partial(
             _poller, buses=buses, sequence=sequence, sink=sink, stamp=monitor.stamp
         )
@@ -168,6 +180,7 @@ async def _run_once(
             ("status", lambda: _report_status(runtime)),
             ("clock", keeper.run),
             ("watchdog", lambda: _watchdog(runtime, notifier)),
+            ("local", LocalStatusServer(runtime=runtime).run),
         ]
         if display is not None:
             side_tasks.append(("display", display.run))
@@ -440,20 +453,26 @@ def _open_buffer(config: BufferConfig) -> SqliteBuffer:
 
 
 def _sink(
-    buffer: WriteBehind, keeper: TimeKeeper, display: StatusService | None
+    buffer: WriteBehind,
+    keeper: TimeKeeper,
+    display: StatusService | None,
+    latest: LatestValues | None = None,
 ) -> Callable[[Sequence[Reading]], Awaitable[None]]:
     """Hand a poll's readings to the buffer's next group commit, then show them locally.
 
     The data path comes first and nothing on the display's side can hurt it: staging never waits
     on the disk (so a storage problem never delays an alarm either), and an exception from the
     status code is a bug that is logged once per episode, with its traceback, and never reaches
-    the poller. Untrusted readings are staged with their clock offset while held.
+    the poller. Untrusted readings are staged with their clock offset while held. ``latest``
+    keeps the last value per metric for the local status (dict assignments only).
     """
     failing = False
 
     async def stage_then_observe(readings: Sequence[Reading]) -> None:
         nonlocal failing
         buffer.stage(readings, clock_offset_ms=keeper.offset_for_stage())
+        if latest is not None:
+            latest.observe(readings)
         if display is None:
             return
         try:

@@ -1,6 +1,7 @@
 """The ``gateway`` command.
 
-Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage. Expected failures print one
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage (`gateway status`: 1 when the
+daemon is not healthy, 3 when it is not running). Expected failures print one
 line per problem on stderr and never a traceback; a traceback means a bug and is worth a report.
 """
 
@@ -20,7 +21,7 @@ from gateway.errors import ConfigError, GatewayError
 
 log = logging.getLogger("gateway")
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,7 +85,42 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     _add_calibrate(commands)
     _add_commissioning(commands)
+    _add_status(commands)
     return parser
+
+
+def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = commands.add_parser(
+        "status", help="what the running daemon is doing (devices, buffer, broker, clock, alarms)"
+    )
+    status.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="read [local] socket from it (default: the default socket)",
+    )
+    status.add_argument("--json", action="store_true", help="print the daemon's snapshot as JSON")
+    status.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from gateway.config import DEFAULT_SOCKET  # noqa: PLC0415
+    from gateway.local import client  # noqa: PLC0415
+
+    path = Path(DEFAULT_SOCKET)
+    if args.config is not None:
+        socket_path = load_config(args.config).local.socket_path
+        if socket_path is None:
+            raise ConfigError(f'{args.config}: local.socket: the status socket is off ("")')
+        path = socket_path
+    try:
+        _code, body = client.fetch(path)
+    except client.NotRunning as exc:
+        print(f"gateway status: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    snapshot = client.parse(body)
+    print(body.decode().rstrip("\n") if args.json else client.render(snapshot))
+    return EXIT_OK if snapshot.health.ok else EXIT_FAILURE
 
 
 def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -133,7 +169,11 @@ def _calibrate_show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway.local import metrics  # noqa: PLC0415
+
     config = load_config(args.config)
+    if config.local.http and not metrics.available():
+        raise ConfigError(f"{args.config}: local.http: {metrics.MISSING}")
     buses = {d.bus_key() for d in config.enabled_devices()}
     print(
         f"{args.config}: ok (site {config.site.id}, {len(config.enabled_devices())} devices "

@@ -637,6 +637,60 @@ class StatusConfig(_Model):
         return self
 
 
+#: Where the daemon serves its local status (``[local] socket``); the unit's RuntimeDirectory=.
+DEFAULT_SOCKET = "/run/canary-gateway/gateway.sock"
+#: The longest path a unix socket can have (``sun_path`` is 108 bytes with its NUL).
+_MAX_SOCKET_PATH = 107
+
+
+class LocalConfig(_Model):
+    """What a technician on site can read without the uplink (see docs/operations.md).
+
+    ``socket``: the unix socket `gateway status` reads (HTTP: ``/status``, ``/healthz``,
+    ``/metrics``), ``""`` to turn it off. ``http``: ``HOST:PORT`` to serve the same over TCP
+    (for a local Prometheus or a monitoring agent); off by default (``""``).
+    """
+
+    socket: str = DEFAULT_SOCKET
+    http: str = ""
+
+    @field_validator("socket")
+    @classmethod
+    def _socket_path(cls, value: str) -> str:
+        if value and not value.startswith("/"):
+            raise ValueError('expected an absolute path, or "" to turn the socket off')
+        if len(value.encode()) > _MAX_SOCKET_PATH:
+            raise ValueError(f"a unix socket path has at most {_MAX_SOCKET_PATH} bytes")
+        return value
+
+    @field_validator("http")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            _split_host_port(value)
+        return value
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The socket's path, or None when it is off."""
+        return Path(self.socket) if self.socket else None
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) of the HTTP endpoint, or None when it is off."""
+        return _split_host_port(self.http) if self.http else None
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9108``, ``localhost:9108`` or ``[::1]:9108`` -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f'expected HOST:PORT, e.g. "127.0.0.1:9108" (got {text!r})')
+    return host, int(port)
+
+
 class GatewayConfig(_Model):
     """The whole file. ``devices`` is a list discriminated on each entry's ``driver`` key."""
 
@@ -647,6 +701,7 @@ class GatewayConfig(_Model):
     influxdb: InfluxConfig | None = None
     bridge: BridgeConfig = BridgeConfig()
     status: StatusConfig = StatusConfig()
+    local: LocalConfig = LocalConfig()
     devices: list[DeviceConfig] = []
 
     def enabled_devices(

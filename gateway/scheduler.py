@@ -127,6 +127,19 @@ class SequenceCounter:
         return self._last
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    """One failed open or poll, as the local status shows it: the coarse class (``kind``, as
+    counted in ``errors``), the detailed fault class (`gateway.errors.FAULT_CLASSES`), the
+    message, and when (monotonic seconds). Text only: the exception itself (its traceback, its
+    frames) is not kept."""
+
+    kind: str
+    fault: str
+    message: str
+    at: float
+
+
 @dataclass
 class DeviceState:
     """What the scheduler knows about one device; read by the status reporting."""
@@ -147,6 +160,10 @@ class DeviceState:
     no_values: Counter[str] = field(default_factory=Counter)
     #: A driver bug was logged in the current failure streak (logged once per streak).
     bug_logged: bool = False
+    #: Monotonic time of the last successful poll (None before the first); local status.
+    last_poll_at: float | None = None
+    #: The last failure, kept after a recovery (local status).
+    last_error: Failure | None = None
 
 
 ReadingSink = Callable[[Sequence[Reading]], Awaitable[None]]
@@ -176,6 +193,10 @@ class BusPoller:
         self._monotonic = monotonic
         self._stamp = stamp or (lambda: (utc_ms(wall_clock()), True))
         self._rng = rng or random.Random()
+        #: Monotonic time the bus last got something done: its task started, or an open or a
+        #: poll ended (answered, failed or not ready); shown by the local status. Whether the
+        #: task hangs is `deadline`'s to say.
+        self.progress = self._monotonic()
         #: Monotonic time by which the task must be back in its loop: set before each step to
         #: the step's own bound (a driver call's guard, or the wake-up time of a sleep) plus
         #: `PROGRESS_GRACE`. A bus task past its deadline is hung (`gateway.health`): a driver
@@ -203,11 +224,13 @@ class BusPoller:
         backoff like any failure.
         """
         try:
+            self.progress = self._monotonic()
             failed: set[str] = set()
             for device in self.devices:
                 self._progress()
                 if not await self._open(device):
                     failed.add(device.id)
+                self.progress = self._monotonic()
             start = self._monotonic()
             for device in self.devices:
                 if device.id not in failed:
@@ -222,6 +245,7 @@ class BusPoller:
                     continue
                 self._progress()
                 await self._service(device)
+                self.progress = self._monotonic()
         finally:
             # Close every driver, opened or not: an open() cut short may have left a transport
             # half-open.
@@ -328,6 +352,7 @@ class BusPoller:
         device.failures = 0
         device.bug_logged = False
         now = self._monotonic()
+        device.last_poll_at = now
         # Next slot on the grid strictly after now: late polls skip slots instead of bursting.
         missed = max(0, int((now - due) // device.interval))
         device.next_due = due + (missed + 1) * device.interval
@@ -335,6 +360,9 @@ class BusPoller:
     async def _failed(self, device: DeviceState, error: DeviceError) -> None:
         device.errors[error.kind] += 1
         device.failures += 1
+        device.last_error = Failure(
+            kind=error.kind, fault=error.fault, message=str(error), at=self._monotonic()
+        )
         if isinstance(error, DriverBug):
             if not device.bug_logged:
                 log.warning(

@@ -50,6 +50,16 @@ class TimeKeeper:
             return None
         return self.monitor.offset_ms
 
+    @property
+    def untrusted_since(self) -> float | None:
+        """Monotonic time the clock became untrusted (None while trusted); local status."""
+        return self._untrusted_since
+
+    @property
+    def holding(self) -> bool:
+        """Whether untrusted readings are held now (False once ``hold_seconds`` passed)."""
+        return self.offset_for_stage() is not None
+
     def _hold_expired(self) -> bool:
         since = self._untrusted_since
         return since is not None and self._monotonic() - since >= self._hold

@@ -119,6 +119,10 @@ class Buffer(Protocol):
     def pending(self) -> int:
         """Readings stored, in flight or not."""
 
+    def oldest(self) -> tuple[int, int] | None:
+        """(seq, ts_ms) of the oldest stored reading, in flight or not; None when empty. For
+        the local status: how far behind delivery is."""
+
     def last_seq(self) -> int:
         """Highest sequence number ever stored (0 for a new buffer), surviving deletes and restarts;
         after a clean stop also the last number handed out (see `finish`)."""

@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from gateway.buffer.base import Batch, BufferLimits, Gap, InflightTracker, check_sequence
-from gateway.model import Reading
+from gateway.model import Reading, to_epoch_ms
 
 
 class MemoryBuffer:
@@ -127,6 +127,12 @@ class MemoryBuffer:
 
     def pending(self) -> int:
         return len(self._rows)
+
+    def oldest(self) -> tuple[int, int] | None:
+        if not self._order:
+            return None
+        first = self._rows[self._order[0]]
+        return first.seq, to_epoch_ms(first.ts)
 
     def last_seq(self) -> int:
         return self._last_seq

@@ -487,6 +487,10 @@ class SqliteBuffer:
     def pending(self) -> int:
         return self._count
 
+    def oldest(self) -> tuple[int, int] | None:
+        row = self._db.execute("SELECT seq, ts_ms FROM readings ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     def last_seq(self) -> int:
         return self._last_seq
 

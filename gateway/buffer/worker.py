@@ -138,6 +138,11 @@ class BufferWorker:
             await self._call(self.buffer.end, batch, accepted=False)
 
     @property
+    def failing(self) -> bool:
+        """True from a failed commit until the next one succeeds (local status)."""
+        return self._failing
+
+    @property
     def staged(self) -> int:
         """Readings polled but not committed yet (in memory: a crash loses them)."""
         return len(self._staged)
@@ -243,6 +248,10 @@ class BufferWorker:
 
     async def pending(self) -> int:
         return await self._call(self.buffer.pending)
+
+    async def oldest(self) -> tuple[int, int] | None:
+        """See `gateway.buffer.Buffer.oldest` (staged readings are newer)."""
+        return await self._call(self.buffer.oldest)
 
     async def last_seq(self) -> int:
         """Highest sequence number stored or staged."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from gateway.buffer.base import Batch, Gap
 from gateway.buffer.worker import BufferWorker
 from gateway.errors import StorageError
-from gateway.model import Reading
+from gateway.model import Reading, to_epoch_ms
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,28 @@ class WriteBehind:
     async def pending(self) -> int:
         """Readings not yet acknowledged: stored, and in memory."""
         return await self.worker.pending() + len(self._mem)
+
+    async def oldest(self) -> tuple[int, int] | None:
+        """(seq, ts_ms) of the oldest reading not yet acknowledged, stored or in memory."""
+        stored = await self.worker.oldest()
+        if self._order and (stored is None or self._order[0] < stored[0]):
+            first = self._mem[self._order[0]].reading
+            return first.seq, to_epoch_ms(first.ts)
+        return stored
+
+    @property
+    def unwritten(self) -> int:
+        """Readings only in memory: neither acknowledged nor written yet (a crash loses them)."""
+        return len(self._mem)
+
+    @property
+    def oldest_unwritten_at(self) -> float | None:
+        """Loop time (monotonic seconds) the oldest reading only in memory was staged, or None.
+
+        The contract writes a reading within one ``commit_interval`` unless the broker
+        acknowledged it first; a value much older than that means the writes stopped (a failing
+        or hung storage), which `gateway.health` reports."""
+        return self._mem[self._order[0]].at if self._order else None
 
     # -- writing behind ------------------------------------------------------------------
 

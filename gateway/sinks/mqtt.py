@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,12 +60,23 @@ class _Pending:
 
 
 @dataclass
+class LinkState:
+    """The broker link as the local status shows it, in monotonic seconds: since when it is up
+    (or down), and the last PUBACK. Kept across publisher restarts, so that a crash loop does not
+    make a long outage look new."""
+
+    since: float = field(default_factory=time.monotonic)
+    last_puback: float | None = None
+
+
+@dataclass
 class StatusMemory:
     """What a publisher remembers for the status topic; handed on to a `MqttPublisher.successor`."""
 
     details: dict[str, Any] = field(default_factory=dict)
     alarms: dict[tuple[str, str], AlarmState] = field(default_factory=dict)
     unsent_events: EventQueue = field(default_factory=EventQueue)
+    link: LinkState = field(default_factory=LinkState)
 
 
 @dataclass
@@ -118,6 +130,8 @@ class MqttPublisher:
         self._alarms = memory.alarms
         #: Alarm events raised while disconnected, sent on connect (bounded, see `EventQueue`).
         self._unsent_events = memory.unsent_events
+        #: Read by the local status (`gateway.local`); written by the callbacks below only.
+        self.link = memory.link
         self._report = ConnectionReporter(logger=log, host=config.host, port=config.port)
         self._progress = asyncio.Event()
         self.connected = asyncio.Event()
@@ -130,8 +144,11 @@ class MqttPublisher:
         not sent yet), so that a restart neither forgets an active alarm nor its events; nothing
         of this publisher's client or in-flight bookkeeping.
         """
+        link = self.link
+        if self.connected.is_set():  # its client is gone: the link is down from now on
+            link = LinkState(last_puback=link.last_puback)
         memory = StatusMemory(
-            details=self._details, alarms=self._alarms, unsent_events=self._unsent_events
+            details=self._details, alarms=self._alarms, unsent_events=self._unsent_events, link=link
         )
         return MqttPublisher(
             config=self._config,
@@ -293,7 +310,12 @@ class MqttPublisher:
                 async with asyncio.timeout(0.2):
                     await self._progress.wait()
 
+    def alarm_states(self) -> list[AlarmState]:
+        """The gateway's own alarms (``buffer_dropped``), as last published or queued."""
+        return list(self._alarms.values())
+
     def _on_puback(self, mid: int) -> None:
+        self.link.last_puback = time.monotonic()
         gap = self._gap_mids.pop(mid, None)
         if gap is not None:
             self._spawn(self._buffer.gap_published(gap), "gap-published")
@@ -350,6 +372,8 @@ class MqttPublisher:
         self._spawn(self._buffer.mark_live_boundary(), "mark-live-boundary")
         self._spawn(self._announce_gaps(client), "announce-gaps")
         self._report.connected()
+        if not self.connected.is_set():
+            self.link.since = time.monotonic()
         self._client = client
         self.publish_status(self._details)
         self.connected.set()
@@ -365,6 +389,8 @@ class MqttPublisher:
             )
         elif not self.connected.is_set() and not self._stopping:
             self._report.failed()  # dropped before CONNACK: e.g. a TLS rejection
+        if self.connected.is_set():
+            self.link.since = time.monotonic()
         self.connected.clear()
 
     async def _shutdown(self, client: mqtt.Client) -> None:

@@ -158,6 +158,10 @@ class StatusService:
             self._pending += self._book.observe(reading)
         self._wake.set()
 
+    def active_alarms(self) -> list[AlarmState]:
+        """Every alarm active now (threshold and silence), for the local status."""
+        return [state for state in self._book.states() if state.active]
+
     def room(self, room_id: str) -> RoomStatus:
         """What room ``room_id`` shows now."""
         room = self._rooms[room_id]
