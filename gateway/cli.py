@@ -36,15 +36,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
     try:
         code: int = args.handler(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}".replace("\n", "\nconfig error: "), file=sys.stderr)
-        return EXIT_CONFIG
-    except GatewayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    except (GatewayError, BaseExceptionGroup) as exc:
+        # A task group (`gateway bridge`, `gateway demo`) wraps a task's expected failure in an
+        # exception group: it is still an expected failure, reported in one line, not a bug.
+        errors = _expected(exc)
+        if errors is None:
+            raise
+        return _report(errors)
     except KeyboardInterrupt:
         return EXIT_OK
     return code
+
+
+def _expected(exc: BaseException) -> list[GatewayError] | None:
+    """The `GatewayError`s ``exc`` consists of (nested groups flattened), or None if any part
+    of it is something else (a bug, whose traceback must show)."""
+    if isinstance(exc, GatewayError):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    found: list[GatewayError] = []
+    for part in exc.exceptions:
+        errors = _expected(part)
+        if errors is None:
+            return None
+        found += errors
+    return found
+
+
+def _report(errors: Sequence[GatewayError]) -> int:
+    """Print each error on stderr, a line per problem; exit 2 if any is a `ConfigError`."""
+    for error in errors:
+        prefix = "config error: " if isinstance(error, ConfigError) else "error: "
+        print(prefix + str(error).replace("\n", "\n" + prefix), file=sys.stderr)
+    return EXIT_CONFIG if any(isinstance(e, ConfigError) for e in errors) else EXIT_FAILURE
 
 
 def _parser() -> argparse.ArgumentParser:
