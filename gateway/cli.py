@@ -82,8 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = commands.add_parser("check", help="validate a configuration file and exit")
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration and what the daemon needs to start with it (secrets, "
+        "TLS files, buffer, panels, device nodes); exit 2 with one line per problem",
+    )
     check.add_argument("--config", type=Path, required=True)
+    check.add_argument(
+        "--simulate",
+        action="store_true",
+        help="devices from their simulators, as `gateway run --simulate`: no device nodes, no "
+        "unit sandbox, this user",
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the broker and poll every enabled device once (exit 1 on failure)",
+    )
     check.set_defaults(handler=_check)
 
     run = commands.add_parser("run", help="poll devices, buffer and publish readings")
@@ -159,13 +174,24 @@ def _calibrate_show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway import preflight  # noqa: PLC0415
+
     config = load_config(args.config)
+    host = preflight.daemon_host(sandboxed=not args.simulate)
+    problems = preflight.preflight(config, host=host, simulate=args.simulate)
+    if problems:
+        raise ConfigError("\n".join(problem.line(str(args.config)) for problem in problems))
     buses = {d.bus_key() for d in config.enabled_devices()}
+    where = "simulated devices" if args.simulate else "under its unit"
     print(
         f"{args.config}: ok (site {config.site.id}, {len(config.enabled_devices())} devices "
-        f"on {len(buses)} buses)"
+        f"on {len(buses)} buses; checked for user {host.identity.name}, {where})"
     )
-    return EXIT_OK
+    if not args.connect:
+        return EXIT_OK
+    from gateway.preflight.connect import check_online  # noqa: PLC0415 - drivers, paho
+
+    return asyncio.run(check_online(config, simulate=args.simulate))
 
 
 def _run(args: argparse.Namespace) -> int:

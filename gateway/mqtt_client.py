@@ -47,7 +47,8 @@ class EncryptedKey(Exception):
     """Raised by the passphrase callback: the daemon has nobody to type a passphrase."""
 
 
-def _no_passphrase() -> str:
+def refuse_passphrase() -> str:
+    """The passphrase callback for ``load_cert_chain``: raises `EncryptedKey`."""
     raise EncryptedKey
 
 
@@ -79,7 +80,9 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
         ) from exc
     if tls.cert_file is not None and tls.key_file is not None:
         try:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=_no_passphrase)
+            context.load_cert_chain(
+                str(tls.cert_file), str(tls.key_file), password=refuse_passphrase
+            )
         except EncryptedKey as exc:
             raise ConfigError(
                 f"mqtt.tls.key_file: {tls.key_file} is encrypted; the daemon cannot type its "
