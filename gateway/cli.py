@@ -248,9 +248,22 @@ def _add_commissioning(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="seconds a unit may take to answer (default 0.5 TCP, 0.15 serial)",
     )
     scan.set_defaults(handler=_scan)
-    read = commands.add_parser("read", help="poll one configured device once and print a table")
+    read = commands.add_parser(
+        "read",
+        help="one measurement of a configured device (waiting for a sensor's next one and "
+        "through a PMSA003I's warm-up), printed as a table with units",
+    )
     read.add_argument("--config", type=Path, required=True)
     read.add_argument("--simulate", action="store_true", help="read the device's simulator instead")
+    read.add_argument(
+        "--json", action="store_true", help="print one JSON object (values, units, quality)"
+    )
+    read.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a measurement at most (default 60)",
+    )
     read.add_argument("device", help="the id of a device in the configuration")
     read.set_defaults(handler=_read)
 
@@ -289,17 +302,22 @@ def _scan(args: argparse.Namespace) -> int:
 def _read(args: argparse.Namespace) -> int:
     from gateway import commission  # noqa: PLC0415
 
+    if not 0 < args.wait <= 3600:
+        print("error: --wait: expected seconds, more than 0 and at most 3600", file=sys.stderr)
+        return EXIT_CONFIG
     config = load_config(args.config)
     device = commission.find_device(config, args.device, source=str(args.config))
     if not args.simulate:
-        return asyncio.run(commission.read_device(device))
+        return asyncio.run(commission.read_device(device, as_json=args.json, bound=args.wait))
 
     async def simulated_read() -> int:
         from gateway.simulate import simulated  # noqa: PLC0415
 
         async with simulated(config) as (redirected, buses, _site):
             target = commission.find_device(redirected, args.device, source=str(args.config))
-            return await commission.read_device(target, buses=buses)
+            return await commission.read_device(
+                target, buses=buses, as_json=args.json, bound=args.wait
+            )
 
     return asyncio.run(simulated_read())
 
