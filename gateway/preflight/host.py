@@ -197,11 +197,15 @@ class Host:
         """Why the daemon may not ``want`` (`READ` | `WRITE` | `SEARCH`) the existing ``path``,
         or None if it may: a directory on the way it cannot search, or the path's own bits."""
         who = self.identity
-        for directory in reversed(path.parents[:-1]):  # from the top, "/" itself excluded
-            st = self.stat(directory)
-            if not allows(st, who, SEARCH) and not _has_acl(self.locate(directory)):
-                return f"directory {directory} is not searchable by {who.name}: {self.describe(st)}"
-        st = self.stat(path)
+        try:
+            for directory in reversed(path.parents[:-1]):  # from the top, "/" itself excluded
+                st = self.stat(directory)
+                if not allows(st, who, SEARCH) and not _has_acl(self.locate(directory)):
+                    describe = self.describe(st)
+                    return f"directory {directory} is not searchable by {who.name}: {describe}"
+            st = self.stat(path)
+        except OSError as exc:
+            return f"cannot be inspected by this user ({exc.strerror}; run gateway check with sudo)"
         if allows(st, who, want) or _has_acl(self.locate(path)):
             return None
         return self.describe(st)

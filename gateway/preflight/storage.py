@@ -44,9 +44,22 @@ def _outside_sandbox(path: PurePosixPath) -> str:
     return "read-only to the unit (ProtectSystem=strict)"
 
 
+def _uninspectable(key: str, path: PurePosixPath, exc: OSError) -> Problem:
+    """This process could not look (a directory only root or the daemon may search)."""
+    expected = "expected a place gateway check can inspect (run it with sudo)"
+    return Problem(key, expected, f"{path}: {exc.strerror}")
+
+
 def check_buffer(host: Host, buffer: BufferConfig) -> list[Problem]:
     """``[buffer] path`` can be created or written, and its file system has room to the cap."""
     path = host.absolute(buffer.path)
+    try:
+        return _buffer(host, buffer, path)
+    except OSError as exc:
+        return [_uninspectable("buffer.path", path, exc)]
+
+
+def _buffer(host: Host, buffer: BufferConfig, path: PurePosixPath) -> list[Problem]:
     if host.sandboxed and not unit.is_under(path, unit.STATE_DIRECTORY):
         reason = _outside_sandbox(path)
         if unit.is_under(path, unit.RUNTIME_DIRECTORY):
@@ -110,5 +123,8 @@ def check_panels(host: Host, status: StatusConfig) -> list[Problem]:
             )
             problems.append(Problem(key, expected, f"{path}: {_outside_sandbox(path)}"))
             continue
-        problems += writable_directory(host, key, path.parent, "the panel image")
+        try:
+            problems += writable_directory(host, key, path.parent, "the panel image")
+        except OSError as exc:
+            problems.append(_uninspectable(key, path, exc))
     return problems

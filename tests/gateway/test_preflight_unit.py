@@ -148,3 +148,38 @@ def test_problem_line_and_sizes() -> None:
         "2 GiB",
         "909 TiB",
     ]
+
+
+def test_what_this_process_cannot_inspect_is_a_problem_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run by a user who may not look into a directory (no sudo), the check says so."""
+    from gateway.config import BufferConfig  # noqa: PLC0415
+    from gateway.preflight.host import Host  # noqa: PLC0415
+    from gateway.preflight.storage import check_buffer  # noqa: PLC0415
+
+    (tmp_path / "var" / "lib" / "canary-gateway").mkdir(parents=True)
+    real_stat = os.stat
+
+    def stat_denied(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if "canary-gateway" in str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("gateway.preflight.host.os.stat", stat_denied)
+    monkeypatch.setattr("pathlib.os.stat", stat_denied, raising=False)
+    host = Host(
+        identity=Identity(name="pi", uid=1000, gids=frozenset({1000})),
+        environ={},
+        now=datetime(2026, 6, 1, tzinfo=UTC),
+        sandboxed=False,
+        cwd=PurePosixPath("/"),
+        root=tmp_path,
+    )
+    path = PurePosixPath("/var/lib/canary-gateway/sub/buffer.sqlite3")
+    assert host.denied(path.parent.parent, WRITE) == (
+        "cannot be inspected by this user (Permission denied; run gateway check with sudo)"
+    )
+    problems = check_buffer(host, BufferConfig(path=Path(path)))
+    assert [p.key for p in problems] == ["buffer.path"]
+    assert "gateway check can inspect (run it with sudo)" in problems[0].expected
