@@ -2,9 +2,10 @@
 
 Everything runs in one asyncio loop under one `asyncio.TaskGroup` of named tasks. Each task is
 supervised: a task that fails is logged and restarted after a pause, so one fault cannot stop the
-other buses or the publisher. An expected failure (a `GatewayError`) is logged as one line; an
-unexpected exception (a bug) with its traceback, once per episode of repeated crashes (repeats as
-one line, the traceback at DEBUG). A restart builds the publisher afresh (`_publisher_runs`).
+other buses or the publisher. A failure is logged once per episode of repeated crashes: an
+expected one (a `GatewayError`) as one line with the reason, an unexpected exception (a bug) with
+its traceback; the repeats only at DEBUG. A restart builds the publisher afresh
+(`_publisher_runs`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
@@ -34,7 +36,7 @@ from gateway.clock import (
     file_generation,
 )
 from gateway.config import BufferConfig, ClockConfig, GatewayConfig
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StorageError
 from gateway.health import Verdict
 from gateway.local.latest import LatestValues
 from gateway.local.server import LocalStatusServer
@@ -447,9 +449,15 @@ def _open_buffer(config: BufferConfig) -> SqliteBuffer:
         max_bytes=config.max_bytes,
         max_age=timedelta(days=config.max_age_days),
     )
-    return SqliteBuffer(
-        config.path, synchronous=config.synchronous, limits=limits, boot_id=current_boot_id()
-    )
+    try:
+        return SqliteBuffer(
+            config.path, synchronous=config.synchronous, limits=limits, boot_id=current_boot_id()
+        )
+    except (OSError, sqlite3.Error) as exc:
+        # Expected (a read-only place, a missing mount, a file owned by another user): one line
+        # naming the key, not a traceback (`gateway check` finds these before a start).
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StorageError(f"buffer.path: cannot open {config.path}: {reason}") from exc
 
 
 def _sink(
@@ -615,10 +623,13 @@ def _publisher_runs(runtime: GatewayRuntime) -> Callable[[], Awaitable[None]]:
 async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
     """Run ``run()`` until it returns; restart it after `RESTART_PAUSE` when it fails.
 
-    ``run`` must start afresh on each call. Logging: a `GatewayError` (expected: the message says
-    what to fix) is one line; any other exception is a bug, logged with its traceback when an
-    episode starts. Crashes with the same error, each less than `STABLE_RUN` after the restart,
-    are one episode: its repeats are one WARNING line each, the traceback at DEBUG.
+    ``run`` must start afresh on each call. Logging is one line per episode: crashes with the
+    same error, each less than `STABLE_RUN` after the restart, are one episode. Its first
+    failure is logged at ERROR, a `GatewayError` (expected: the message says what to fix) as
+    one line, any other exception (a bug) with its traceback; the repeats are at DEBUG only
+    (with the count, and a bug's traceback), because a task failing every `RESTART_PAUSE` for
+    a day would otherwise write thousands of identical lines to the journal. A different error,
+    or a failure after a stable run, starts a new episode.
     """
     loop = asyncio.get_running_loop()
     episode: tuple[type[BaseException], str] | None = None
@@ -635,15 +646,14 @@ async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
         episode = (type(error), str(error))
         expected = isinstance(error, GatewayError)
         if repeats:
-            log.warning(
+            log.debug(
                 "task %s failed again (%d times in a row): %s; restarting it in %.0f s",
                 name,
                 repeats + 1,
                 error,
                 RESTART_PAUSE,
+                exc_info=None if expected else error,
             )
-            if not expected:
-                log.debug("task %s crashed", name, exc_info=error)
         elif expected:
             log.error("task %s failed: %s; restarting it in %.0f s", name, error, RESTART_PAUSE)
         else:

@@ -31,15 +31,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_level)
     try:
         code: int = args.handler(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}".replace("\n", "\nconfig error: "), file=sys.stderr)
-        return EXIT_CONFIG
-    except GatewayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    except (GatewayError, BaseExceptionGroup) as exc:
+        # A task group (`gateway bridge`, `gateway demo`) wraps a task's expected failure in an
+        # exception group: it is still an expected failure, reported in one line, not a bug.
+        errors = _expected(exc)
+        if errors is None:
+            raise
+        return _report(errors)
     except KeyboardInterrupt:
         return EXIT_OK
     return code
+
+
+def _expected(exc: BaseException) -> list[GatewayError] | None:
+    """The `GatewayError`s ``exc`` consists of (nested groups flattened), or None if any part
+    of it is something else (a bug, whose traceback must show)."""
+    if isinstance(exc, GatewayError):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    found: list[GatewayError] = []
+    for part in exc.exceptions:
+        errors = _expected(part)
+        if errors is None:
+            return None
+        found += errors
+    return found
+
+
+def _report(errors: Sequence[GatewayError]) -> int:
+    """Print each error on stderr, a line per problem; exit 2 if any is a `ConfigError`."""
+    for error in errors:
+        prefix = "config error: " if isinstance(error, ConfigError) else "error: "
+        print(prefix + str(error).replace("\n", "\n" + prefix), file=sys.stderr)
+    return EXIT_CONFIG if any(isinstance(e, ConfigError) for e in errors) else EXIT_FAILURE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,8 +77,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = commands.add_parser("check", help="validate a configuration file and exit")
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration and what the daemon needs to start with it (secrets, "
+        "TLS files, buffer, panels, device nodes); exit 2 with one line per problem",
+    )
     check.add_argument("--config", type=Path, required=True)
+    check.add_argument(
+        "--simulate",
+        action="store_true",
+        help="devices from their simulators, as `gateway run --simulate`: no device nodes, no "
+        "unit sandbox, this user",
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the broker and poll every enabled device once (exit 1 on failure)",
+    )
     check.set_defaults(handler=_check)
 
     run = commands.add_parser("run", help="poll devices, buffer and publish readings")
@@ -169,17 +209,30 @@ def _calibrate_show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway import preflight  # noqa: PLC0415
     from gateway.local import metrics  # noqa: PLC0415
 
     config = load_config(args.config)
+    host = preflight.daemon_host(sandboxed=not args.simulate)
+    problems = [
+        problem.line(str(args.config))
+        for problem in preflight.preflight(config, host=host, simulate=args.simulate)
+    ]
     if config.local.http and not metrics.available():
-        raise ConfigError(f"{args.config}: local.http: {metrics.MISSING}")
+        problems.append(f"{args.config}: local.http: {metrics.MISSING}")
+    if problems:
+        raise ConfigError("\n".join(problems))
     buses = {d.bus_key() for d in config.enabled_devices()}
+    where = "simulated devices" if args.simulate else "under its unit"
     print(
         f"{args.config}: ok (site {config.site.id}, {len(config.enabled_devices())} devices "
-        f"on {len(buses)} buses)"
+        f"on {len(buses)} buses; checked for user {host.identity.name}, {where})"
     )
-    return EXIT_OK
+    if not args.connect:
+        return EXIT_OK
+    from gateway.preflight.connect import check_online  # noqa: PLC0415 - drivers, paho
+
+    return asyncio.run(check_online(config, simulate=args.simulate))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -259,9 +312,22 @@ def _add_commissioning(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="seconds a unit may take to answer (default 0.5 TCP, 0.15 serial)",
     )
     scan.set_defaults(handler=_scan)
-    read = commands.add_parser("read", help="poll one configured device once and print a table")
+    read = commands.add_parser(
+        "read",
+        help="one measurement of a configured device (waiting for a sensor's next one and "
+        "through a PMSA003I's warm-up), printed as a table with units",
+    )
     read.add_argument("--config", type=Path, required=True)
     read.add_argument("--simulate", action="store_true", help="read the device's simulator instead")
+    read.add_argument(
+        "--json", action="store_true", help="print one JSON object (values, units, quality)"
+    )
+    read.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a measurement at most (default 60)",
+    )
     read.add_argument("device", help="the id of a device in the configuration")
     read.set_defaults(handler=_read)
 
@@ -300,17 +366,22 @@ def _scan(args: argparse.Namespace) -> int:
 def _read(args: argparse.Namespace) -> int:
     from gateway import commission  # noqa: PLC0415
 
+    if not 0 < args.wait <= 3600:
+        print("error: --wait: expected seconds, more than 0 and at most 3600", file=sys.stderr)
+        return EXIT_CONFIG
     config = load_config(args.config)
     device = commission.find_device(config, args.device, source=str(args.config))
     if not args.simulate:
-        return asyncio.run(commission.read_device(device))
+        return asyncio.run(commission.read_device(device, as_json=args.json, bound=args.wait))
 
     async def simulated_read() -> int:
         from gateway.simulate import simulated  # noqa: PLC0415
 
         async with simulated(config) as (redirected, buses, _site):
             target = commission.find_device(redirected, args.device, source=str(args.config))
-            return await commission.read_device(target, buses=buses)
+            return await commission.read_device(
+                target, buses=buses, as_json=args.json, bound=args.wait
+            )
 
     return asyncio.run(simulated_read())
 

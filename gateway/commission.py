@@ -23,11 +23,13 @@ and stops probing a unit at its first positive identification.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, get_args
+from typing import Protocol, TextIO, get_args
 
 from drivers.base import Driver
 from drivers.modbus.codec import DataType, WordOrder, decode_raw
@@ -46,7 +48,8 @@ from gateway.config import (
     SunSpecDevice,
 )
 from gateway.errors import ConfigError, DeviceBusy, DeviceError, DeviceTimeout
-from gateway.model import MetricSpec, Value
+from gateway.measure import DEFAULT_BOUND, Measurement, measure
+from gateway.model import MetricSpec, Quality, Value
 from gateway.registry import BusRegistry, build_driver
 
 #: Any configured device (the union `gateway.config.DeviceConfig` is a validation type).
@@ -497,15 +500,103 @@ def find_device(config: GatewayConfig, device_id: str, *, source: str) -> Device
     raise ConfigError(f"{source}: no device {device_id!r}; devices: {known}")
 
 
-async def read_device(device: DeviceConfig, *, buses: BusRegistry | None = None) -> int:
-    """``gateway read``: one poll of ``device`` printed as a table; exit code 0, or 1 with the
-    device error on stderr."""
+class ProgressLine:
+    """Shows what a read waits for on ``stream`` (stderr: stdout stays the table or the JSON).
+
+    On a terminal, one line rewritten in place at every update (a countdown); otherwise (a log,
+    a pipe) a line when the reason changes and then at most one every ``every`` seconds.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        stream: TextIO,
+        *,
+        tty: bool | None = None,
+        every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._device = device_id
+        self._stream = stream
+        self._tty = stream.isatty() if tty is None else tty
+        self._every = every
+        self._clock = clock
+        self._shown = ""  # the last reason shown
+        self._at = -math.inf
+        self._width = 0
+
+    def __call__(self, what: str, left: float | None) -> None:
+        """`gateway.measure.Progress`: waiting for ``what``, ``left`` seconds to go if known."""
+        text = f"{self._device}: {what}" + (f", {left:.0f} s left" if left is not None else "")
+        now = self._clock()
+        if self._tty:
+            self._stream.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+        elif what != self._shown or now - self._at >= self._every:
+            self._stream.write(text + "\n")
+            self._at = now
+        self._shown = what
+        self._stream.flush()
+
+    def done(self) -> None:
+        """End the rewritten line on a terminal."""
+        if self._tty and self._width:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._width = 0
+
+
+def measurement_json(device: DeviceConfig, found: Measurement) -> dict[str, object]:
+    """``gateway read --json``: device, driver, every metric's value, unit and quality, and
+    the duration in milliseconds (waits included)."""
+    values = {
+        key: {
+            "value": found.values.get(key),
+            "unit": spec.unit,
+            "quality": (Quality.NO_VALUE if found.values.get(key) is None else Quality.GOOD).value,
+        }
+        for key, spec in found.metrics.items()
+    }
+    return {
+        "device": device.id,
+        "driver": device.driver,
+        "values": values,
+        "duration_ms": round(found.seconds * 1000),
+    }
+
+
+async def read_device(
+    device: DeviceConfig,
+    *,
+    buses: BusRegistry | None = None,
+    as_json: bool = False,
+    bound: float = DEFAULT_BOUND,
+) -> int:
+    """``gateway read``: one measurement of ``device`` (waiting for a sensor's next one and
+    through a PMSA003I's warm-up, at most ``bound`` seconds; `gateway.measure`) printed as a
+    table, or with ``as_json`` as one JSON object; exit code 0, or 1 with the device error on
+    stderr (and as ``{"device", "driver", "error": {kind, fault, message}, "duration_ms"}``
+    with ``as_json``)."""
     driver = build_driver(device, buses if buses is not None else BusRegistry())
+    progress = ProgressLine(device.id, sys.stderr)
+    warmup = device.warmup_s if isinstance(device, Pmsa003iDevice) else 0.0
+    started = time.monotonic()
     try:
-        values = await read_once(driver)
+        found = await measure(driver, bound=bound, warmup_s=warmup, progress=progress)
     except DeviceError as exc:
+        progress.done()
+        if as_json:
+            error = {"kind": exc.kind, "fault": exc.fault, "message": str(exc)}
+            elapsed = round((time.monotonic() - started) * 1000)
+            body = {"device": device.id, "driver": device.driver, "error": error}
+            print(json.dumps({**body, "duration_ms": elapsed}, ensure_ascii=False))
         print(f"error: {device.id}: {exc.kind}: {exc}", file=sys.stderr)
         return 1
+    progress.done()
+    if as_json:
+        print(json.dumps(measurement_json(device, found), ensure_ascii=False))
+        return 0
     print(f"{device.id} ({device.driver})")
-    sys.stdout.write(reading_table(values, driver.metrics))
+    sys.stdout.write(reading_table(found.values, found.metrics))
+    print(f"{device.id}: {found.count} values in {found.seconds * 1000:.0f} ms", file=sys.stderr)
     return 0

@@ -17,7 +17,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import MqttConfig
+from gateway.config import MqttConfig, TlsConfig
+from gateway.errors import ConfigError
 
 
 def make_client(
@@ -38,13 +39,61 @@ def make_client(
         password = config.password.resolve() if config.password is not None else None
         client.username_pw_set(config.username, password)
     if config.tls is not None:
-        context = ssl.create_default_context(
-            cafile=str(config.tls.ca_file) if config.tls.ca_file else None
-        )
-        if config.tls.cert_file is not None and config.tls.key_file is not None:
-            context.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
-        client.tls_set_context(context)
+        client.tls_set_context(tls_context(config.tls))
     return client
+
+
+class EncryptedKey(Exception):
+    """Raised by the passphrase callback: the daemon has nobody to type a passphrase."""
+
+
+def refuse_passphrase() -> str:
+    """The passphrase callback for ``load_cert_chain``: raises `EncryptedKey`."""
+    raise EncryptedKey
+
+
+def ssl_reason(exc: OSError) -> str:
+    """What went wrong loading a TLS file, in a few words: OpenSSL's reason
+    (``KEY_VALUES_MISMATCH``, ``NO_CERTIFICATE_OR_CRL_FOUND``) or the OS error."""
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason
+        if reason is None or reason == "PEM lib":
+            return "not a PEM file of the expected kind"
+        return str(reason).lower().replace("_", " ")
+    return exc.strerror or str(exc)
+
+
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The client TLS context for ``[mqtt.tls]``.
+
+    Raises `ConfigError` naming the key when a file cannot be used (missing, unreadable, not
+    PEM, a key that does not match its certificate, an encrypted key): these are expected
+    failures with a fix, to be logged as one line, not as a crash with a traceback. An
+    encrypted key is refused at once rather than prompting on a terminal (OpenSSL's default):
+    a daemon has no one to type the passphrase.
+    """
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    except OSError as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(
+            f"mqtt.tls.ca_file: cannot load {tls.ca_file}: {ssl_reason(exc)}"
+        ) from exc
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context.load_cert_chain(
+                str(tls.cert_file), str(tls.key_file), password=refuse_passphrase
+            )
+        except EncryptedKey as exc:
+            raise ConfigError(
+                f"mqtt.tls.key_file: {tls.key_file} is encrypted; the daemon cannot type its "
+                "passphrase (store the key unencrypted, readable by the daemon only)"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(
+                f"mqtt.tls.cert_file, key_file: cannot load {tls.cert_file} with "
+                f"{tls.key_file}: {ssl_reason(exc)}"
+            ) from exc
+    return context
 
 
 class LoopBridge:

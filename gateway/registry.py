@@ -17,7 +17,7 @@ from drivers.modbus.line import LineUnit, ModbusLine, SerialSettings
 from drivers.modbus.profiles import load_profile, profile_from_table
 from drivers.modbus.sunspec.driver import SunSpecTcpDriver
 from drivers.modbus.tcp_client import ModbusTcpRegisters
-from drivers.sensors.i2c_bus import I2CBus, open_i2c_bus
+from drivers.sensors.i2c_bus import I2CBus
 from drivers.sensors.pmsa003i import Pmsa003iDriver
 from drivers.sensors.scd4x import Scd4xDriver
 from drivers.sensors.scd4x_settings import Scd4xSettings
@@ -30,6 +30,7 @@ from gateway.config import (
     SunSpecDevice,
     TcpTransport,
 )
+from gateway.deferred_i2c import DeferredI2C
 
 
 @dataclass
@@ -41,9 +42,10 @@ class BusRegistry:
     buses: dict[str, Any] = field(default_factory=dict)
 
     def i2c(self, spec: str) -> I2CBus:
-        """The bus object for ``spec``, opened on first use."""
+        """The bus object for ``spec``, opened on its first transaction (a missing bus is a
+        failure of its devices, retried, not of the daemon: `gateway.deferred_i2c`)."""
         if spec not in self.buses:
-            self.buses[spec] = open_i2c_bus(spec)
+            self.buses[spec] = DeferredI2C(spec)
         bus: I2CBus = self.buses[spec]
         return bus
 

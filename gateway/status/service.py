@@ -208,6 +208,7 @@ class StatusService:
             if self.publisher is not None
             else None
         )
+        failing: set[Panel] = set()  # a failing panel is logged once, and its recovery once
         try:
             while True:
                 self._wake.clear()
@@ -215,7 +216,15 @@ class StatusService:
                     try:
                         await asyncio.to_thread(panel.backend.show, image)
                     except OSError as exc:
-                        log.error("panel refresh failed: %s", exc)
+                        if panel not in failing:
+                            log.error("panel refresh failed: %s", exc)
+                        else:
+                            log.debug("panel refresh failed again: %s", exc)
+                        failing.add(panel)
+                    else:
+                        if panel in failing:
+                            log.info("panel refresh works again")
+                        failing.discard(panel)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(TICK):
                         await self._wake.wait()

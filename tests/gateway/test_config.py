@@ -38,10 +38,13 @@ def test_invalid_config_gives_one_line_naming_the_key(
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("name", ["gateway/demo.toml", "config/example.toml"])
-def test_shipped_configs_are_valid(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "--config", str(ROOT / name)]) == EXIT_OK
+def test_shipped_configs_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo passes `gateway check --simulate` (it runs from a shell, not under the unit);
+    the site example is a valid file (what `gateway check` says of it on a prepared Pi is
+    pinned in test_check.py)."""
+    assert main(["check", "--simulate", "--config", str(ROOT / "gateway" / "demo.toml")]) == EXIT_OK
     assert ": ok (site kg-sunflower" in capsys.readouterr().out
+    assert load_config(ROOT / "config" / "example.toml").site.id == "kg-sunflower"
 
 
 def test_console_script_prints_no_traceback_for_a_bad_file() -> None:
