@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 #: ``User=``: the daemon's user.
 USER = "canary"
 #: ``SupplementaryGroups=``: granted by systemd at start even when the user is not a member.
-SUPPLEMENTARY_GROUPS: tuple[str, ...] = ("dialout", "i2c", "gpio")
+SUPPLEMENTARY_GROUPS: tuple[str, ...] = ("dialout", "i2c", "gpio", "spi")
 #: ``StateDirectory=canary-gateway``: created and chowned to the user by systemd at each start;
 #: the one durable writable directory under ``ProtectSystem=strict``.
 STATE_DIRECTORY = PurePosixPath("/var/lib/canary-gateway")

@@ -47,8 +47,8 @@ def password_broker(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def _demo(tmp_path: Path, mqtt: str) -> Path:
-    """config/demo.toml with its own [mqtt] table and its files under ``tmp_path``."""
-    text = (ROOT / "config" / "demo.toml").read_text()
+    """gateway/demo.toml with its own [mqtt] table and its files under ``tmp_path``."""
+    text = (ROOT / "gateway" / "demo.toml").read_text()
     text = text.replace('[mqtt]\nhost = "127.0.0.1"\nport = 1883\ntopic_prefix = "canary"\n', mqtt)
     text = text.replace("/tmp/canary-gateway-demo", str(tmp_path / "demo"))
     assert mqtt in text

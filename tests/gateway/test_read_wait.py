@@ -30,7 +30,7 @@ from tests.fakeclock import FakeClock
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "config" / "demo.toml"
+DEMO = ROOT / "gateway" / "demo.toml"
 
 
 def _read(*args: str) -> subprocess.Popen[str]:
