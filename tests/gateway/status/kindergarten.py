@@ -53,7 +53,13 @@ def site_config(mqtt_port: int = 1883) -> GatewayConfig:
     devices: list[dict[str, Any]] = [
         {"id": "main-a", "driver": "modbus", "profile": "sdm630", "unit_id": 1, "transport": tcp},
         {"id": "ac-a", "driver": "modbus", "profile": "sdm72", "unit_id": 2, "transport": tcp},
-        {"id": "water-a", "driver": "modbus", "profile": "tuf2000m", "unit_id": 3, "transport": tcp},
+        {
+            "id": "water-a",
+            "driver": "modbus",
+            "profile": "tuf2000m",
+            "unit_id": 3,
+            "transport": tcp,
+        },
     ]
     for room, bus in (("ladybird", "/dev/i2c-1"), ("bee", "/dev/i2c-3")):
         devices.append({"id": f"{room}-co2", "driver": "scd4x", "bus": bus, "interval": POLL_S})
@@ -153,7 +159,11 @@ class Site:
         """One poll of every device at the current time."""
         now = self.epoch()
         out: list[tuple[str, str, float]] = []
-        for device, model in (("main-a", self.main), ("ac-a", self.aircon), ("water-a", self.water)):
+        for device, model in (
+            ("main-a", self.main),
+            ("ac-a", self.aircon),
+            ("water-a", self.water),
+        ):
             model.refresh()
             out += [(device, metric, value) for metric, value in model.values().items()]
         for room in ("ladybird", "bee"):
