@@ -388,7 +388,9 @@ def _status_service(
         from gpiozero.pins.mock import MockFactory  # noqa: PLC0415 - no GPIO pins off a Pi
 
         pin_factory = MockFactory()
-    service = StatusService(config=config, pin_factory=pin_factory)
+    # Next to the buffer: the one directory the package makes writable and keeps on upgrade.
+    state_path = config.buffer.path.with_name("alarms.json")
+    service = StatusService(config=config, pin_factory=pin_factory, state_path=state_path)
     stack.callback(service.close)
     return service
 

@@ -34,6 +34,7 @@ from drivers.modbus.profiles import (
     profile_from_table,
 )
 from drivers.modbus.sunspec.models import SUPPORTED_MODELS
+from gateway.alarm_rules import RuleConfig, ScheduleConfig, effective_rules
 from gateway.errors import ConfigError
 
 #: Identifiers end up in MQTT topics and time-series tags: keep them to a safe, readable alphabet.
@@ -586,13 +587,24 @@ class AlarmConfig(_Model):
     pm25_clear: Ugm3 = 60.0
     #: A room device with no valid reading for this many of its poll intervals raises ``silent``.
     silent_intervals: Annotated[int, Field(ge=2, le=1000)] = 3
+    #: Adjustments of the default rules and a site's own rules (`gateway.alarm_rules`).
+    rules: list[RuleConfig] = []
 
     @model_validator(mode="after")
     def _hysteresis(self) -> AlarmConfig:
         for metric in ("co2", "pm25"):
             if getattr(self, f"{metric}_clear") >= getattr(self, f"{metric}_raise"):
                 raise ValueError(f"{metric}_clear must be below {metric}_raise (hysteresis)")
+        self.effective_rules()
         return self
+
+    def effective_rules(self) -> list[RuleConfig]:
+        """Every enabled rule, complete: the defaults merged with ``rules`` (see alarm_rules)."""
+        legacy = {
+            "co2_high": {"above": self.co2_raise, "clear": self.co2_clear},
+            "pm25_high": {"above": self.pm25_raise, "clear": self.pm25_clear},
+        }
+        return effective_rules(self.rules, legacy=legacy)
 
 
 class StatusConfig(_Model):
@@ -607,6 +619,8 @@ class StatusConfig(_Model):
     pm25_moderate: Ugm3 = 15.0
     pm25_poor: Ugm3 = 37.5
     alarms: AlarmConfig = AlarmConfig()
+    #: The building's occupied hours, for rules that only raise when it is empty (or occupied).
+    schedule: ScheduleConfig = ScheduleConfig()
     rooms: list[RoomConfig] = []
 
     @model_validator(mode="after")
@@ -750,6 +764,14 @@ def parse_config(data: dict[str, Any], *, source: str) -> GatewayConfig:
                 raise ConfigError(
                     f"{source}: status.rooms[{r}].devices[{d}]: no device has the id {device_id!r}"
                 )
+    for rule in config.status.alarms.effective_rules():
+        for key in ("devices", "witnesses"):
+            for device_id in getattr(rule, key) or ():
+                if device_id not in first_use:
+                    raise ConfigError(
+                        f"{source}: status.alarms.rules: rule {rule.id}: {key}: no device has "
+                        f"the id {device_id!r}"
+                    )
     return config
 
 

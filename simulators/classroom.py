@@ -4,6 +4,25 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AirEvent:
+    """A scripted episode of the room's temperature from ``start`` for ``duration`` seconds.
+
+    ``heatwave``: the room warms by up to ``level`` °C (time constant 30 min) while it lasts and
+    cools back afterwards. ``heating_failure``: the room cools towards ``level`` °C (the
+    building's unheated temperature; time constant 3 h) while it lasts; once repaired it warms
+    back (time constant 1 h).
+    """
+
+    kind: Literal["heatwave", "heating_failure"]
+    start: float
+    duration: float
+    level: float
 
 
 class ClassroomAir:
@@ -25,8 +44,13 @@ class ClassroomAir:
     RISE_S = 900.0
     AIRING_S = 240.0
 
-    def __init__(self, *, seed: int = 0) -> None:
+    HEAT_S = 1800.0
+    COOL_S = 3 * 3600.0
+    REHEAT_S = 3600.0
+
+    def __init__(self, *, seed: int = 0, events: Sequence[AirEvent] = ()) -> None:
         self._seed = seed
+        self._events = tuple(events)
 
     def __call__(self, t: float) -> tuple[float, float, float]:
         lesson = math.floor(t / self.CYCLE_S)
@@ -35,7 +59,21 @@ class ClassroomAir:
         daily = math.sin(2 * math.pi * t / 86_400.0)
         temperature = 20.4 + 3.0 * load + 0.4 * daily
         humidity = 37.0 + 15.0 * load + 2.0 * daily
+        for event in self._events:
+            temperature += self._offset(event, t, temperature)
         return self.OUTDOOR_PPM + excess, temperature, humidity
+
+    def _offset(self, event: AirEvent, t: float, normal: float) -> float:
+        """What ``event`` adds to the ``normal`` temperature at ``t`` (a first-order response)."""
+        if t < event.start:
+            return 0.0
+        into = min(t, event.start + event.duration) - event.start
+        after = max(0.0, t - (event.start + event.duration))
+        if event.kind == "heatwave":
+            peak = event.level * (1.0 - math.exp(-into / self.HEAT_S))
+            return peak * math.exp(-after / self.HEAT_S)
+        fall = (event.level - normal) * (1.0 - math.exp(-into / self.COOL_S))
+        return fall * math.exp(-after / self.REHEAT_S)
 
     def occupancy(self, lesson: int) -> float:
         """Share of a full class present in lesson number ``lesson`` (0.4-1.0, seeded)."""

@@ -223,13 +223,27 @@ def aircon_load_w(hour: float, weekday: int, *, rated_w: float) -> float:
     return rated_w * (0.6 + 0.3 * math.sin(math.pi * (hour - 8.0) / 9.0))
 
 
+#: A scripted period (start, end) in ``clock()`` seconds, for fault and scenario knobs.
+Period = tuple[float, float]
+
+
+def _within(periods: Sequence[tuple[float, ...]], now: float) -> tuple[float, ...] | None:
+    return next((p for p in periods if p[0] <= now < p[1]), None)
+
+
 class Sdm72Meter(Sdm630Meter):
     """A central air-conditioner feed metered by an Eastron SDM72D-M-2 (three-phase).
 
     The SDM630's register layout and physics, with the load of a ≈ 6 kW air conditioner
     instead of the building's, plus the SDM72-only import/export power registers at 0x0500 and
     0x0502 (the input table therefore extends to 0x0503, which an SDM630 does not have).
+
+    ``left_on`` (a scenario knob, also settable on a running model) lists periods in ``clock()``
+    seconds during which the air conditioner runs at 60 % of its rating whatever the hour: left
+    on overnight.
     """
+
+    left_on: Sequence[Period] = ()
 
     INPUT_MAP: Mapping[str, int] = {
         **Sdm630Meter.INPUT_MAP,
@@ -245,6 +259,8 @@ class Sdm72Meter(Sdm630Meter):
         weekday = (int(local // 86_400.0) + 3) % 7
         noise = random.Random(f"sdm72:{self._seed}:{math.floor(now)}")
         load = aircon_load_w(hour, weekday, rated_w=self.RATED_W)
+        if _within(self.left_on, now) is not None:
+            load = max(load, 0.6 * self.RATED_W)
         sample: dict[str, float] = {}
         total = 0.0
         for phase in (1, 2, 3):
@@ -337,7 +353,12 @@ class Tuf2000mWaterMeter:
     REG0072 (71) is 0 and signal quality REG0092 (91) ≈ 85. The positive accumulator integrates
     the flow between refreshes. `values` returns what the last refresh served, rounded to
     float32, keyed like the ``tuf2000m`` profile.
+
+    ``leaks`` (a fault knob, also settable on a running model) lists (start, end, m³/h) in
+    ``clock()`` seconds: a dripping tap or a running cistern adds its flow whatever the hour.
     """
+
+    leaks: Sequence[tuple[float, float, float]] = ()
 
     HOLDING_COUNT = 128
     MAX_REGISTERS_PER_READ = 125
@@ -393,6 +414,9 @@ class Tuf2000mWaterMeter:
         flow = kindergarten_water_m3h(hour, weekday)
         if flow:
             flow *= 1.0 + _clamp(noise.gauss(0, 0.1), -0.3, 0.3)
+        leak = _within(self.leaks, now)
+        if leak is not None:
+            flow += leak[2]
         self._last_flow = flow
         floats = {
             "flow_rate": (0, flow),

@@ -43,11 +43,12 @@ class PmEvent:
     """A scripted episode from ``start`` for ``duration`` seconds.
 
     ``cooking``: PM2.5 rises towards ``level`` µg/m³ while it lasts (time constant 5 min) and
-    decays afterwards (15 min). ``window``: the air relaxes towards the outdoor background while
-    it lasts, whatever the timetable says.
+    decays afterwards (15 min). ``smoke`` (burnt toast, a pan on fire): the same with a time
+    constant of 1 min, as smoke fills a room in minutes. ``window``: the air relaxes towards the
+    outdoor background while it lasts, whatever the timetable says.
     """
 
-    kind: Literal["cooking", "window"]
+    kind: Literal["cooking", "smoke", "window"]
     start: float
     duration: float
     level: float = 80.0
@@ -61,6 +62,7 @@ class ClassroomDust:
     LESSON_S = 2700.0
     COOK_RISE_S = 300.0
     COOK_DECAY_S = 900.0
+    SMOKE_RISE_S = 60.0
     LUNCH_S = 11.5 * 3600.0  # around 11:30 on the model's day
     AIRING_S = 240.0
 
@@ -76,7 +78,7 @@ class ClassroomDust:
         # Children stir up coarse dust during lessons; it settles / is aired out in breaks.
         coarse = 25.0 * self._occupancy(lesson) * (0.2 if airing else 1.0)
         fine = sum(self._cooking(event, t) for event in self._daily_cooking(t))
-        fine += sum(self._cooking(event, t) for event in self._events if event.kind == "cooking")
+        fine += sum(self._cooking(event, t) for event in self._events if event.kind != "window")
         if airing:
             fine *= 0.5  # fresh air dilutes whatever the kitchen let in
         pm25 = outdoor + fine + 0.15 * coarse
@@ -104,7 +106,8 @@ class ClassroomDust:
     def _cooking(self, event: PmEvent, t: float) -> float:
         if t < event.start:
             return 0.0
+        rise = self.SMOKE_RISE_S if event.kind == "smoke" else self.COOK_RISE_S
         at = min(t, event.start + event.duration) - event.start
-        peak = event.level * (1.0 - math.exp(-at / self.COOK_RISE_S))
+        peak = event.level * (1.0 - math.exp(-at / rise))
         after = t - (event.start + event.duration)
         return peak if after <= 0 else peak * math.exp(-after / self.COOK_DECAY_S)

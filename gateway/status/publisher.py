@@ -38,7 +38,8 @@ MAX_UNSENT_EVENTS = 100
 
 
 def _body(site: str, state: AlarmState) -> dict[str, Any]:
-    return {
+    """The v1 keys; rules other than the three v1 alarms add ``severity`` and ``message``."""
+    body = {
         "v": SCHEMA_VERSION,
         "site": site,
         "device": state.device,
@@ -49,6 +50,11 @@ def _body(site: str, state: AlarmState) -> dict[str, Any]:
         "threshold": state.threshold,
         "since": iso_ms(state.since),
     }
+    if state.severity is not None:
+        body["severity"] = state.severity
+    if state.message is not None:
+        body["message"] = state.message
+    return body
 
 
 def encode_alarm_state(site: str, state: AlarmState) -> bytes:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from gpiozero.exc import GPIOZeroError
@@ -32,29 +33,24 @@ from gateway.model import Quality, Reading
 from gateway.status.airquality import (
     CO2,
     HUMIDITY,
-    PM25_KEYS,
     TEMPERATURE,
     Assessment,
     Level,
     assess,
     pm25_of,
 )
-from gateway.status.alarms import SILENT, AlarmBook, AlarmChange, AlarmState, ThresholdRule
+from gateway.status.alarms import AlarmBook, AlarmChange, AlarmState
 from gateway.status.eink import MESSAGES, InkyBackend, Panel, PanelBackend, PanelContent, PngBackend
+from gateway.status.engine import SEVERITY_RANK, build_book
 from gateway.status.led import TrafficLight
+from gateway.status.messages import text_for
+from gateway.status.persist import AlarmStore
 from gateway.status.publisher import AlarmPublisher
 
 log = logging.getLogger(__name__)
 
 #: Seconds between iterations of ``run`` without news; also the LED blink half-period.
 TICK = 0.5
-
-#: What an alarm's name says on the panel.
-ALARM_TEXT = {
-    "co2_high": "ALARM: CO₂ too high",
-    "pm25_high": "ALARM: fine dust",
-    SILENT: "ALARM: no sensor data",
-}
 
 
 def blink_phase(now: float) -> bool:
@@ -64,21 +60,19 @@ def blink_phase(now: float) -> bool:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoomStatus:
-    """What a room shows right now: ``level`` ``None`` means no data yet."""
+    """What a room shows right now: ``level`` ``None`` means no data yet.
+
+    ``alarms`` blink the room's light and take over its panel: the room's own devices' alarms and
+    the *critical* building alarms (a leak, a power cut, smoke: whoever is in any room must act).
+    ``notices`` are the building alarms of lower severity (PV broken, power left on): the panel
+    says them when no alarm does, the light stays the children's air-quality light.
+    """
 
     room: str
     level: Level | None
     assessment: Assessment | None
     alarms: tuple[AlarmState, ...]
-
-
-def _pm25_rules(raise_above: float, clear_below: float) -> list[ThresholdRule]:
-    return [
-        ThresholdRule(
-            name="pm25_high", metric=key, raise_above=raise_above, clear_below=clear_below
-        )
-        for key in PM25_KEYS
-    ]
+    notices: tuple[AlarmState, ...] = ()
 
 
 class StatusService:
@@ -98,28 +92,18 @@ class StatusService:
         pin_factory: Any = None,
         publish: bool = True,
         panel_min_interval: float = 60.0,
+        state_path: Path | None = None,
     ) -> None:
         status = config.status
         self._config = status
         self._clock = clock
         self._rooms: dict[str, RoomConfig] = {room.id: room for room in status.rooms}
-        intervals = {device.id: device.interval for device in config.devices}
-        watched = {d for room in status.rooms for d in room.devices}
-        alarms = status.alarms
-        self._book = AlarmBook(
-            rules=[
-                ThresholdRule(
-                    name="co2_high",
-                    metric=CO2,
-                    raise_above=alarms.co2_raise,
-                    clear_below=alarms.co2_clear,
-                ),
-                *_pm25_rules(alarms.pm25_raise, alarms.pm25_clear),
-            ],
-            silent_after={d: alarms.silent_intervals * intervals[d] for d in sorted(watched)},
-            clock=clock,
-            wall=wall,
+        self._store = AlarmStore(path=state_path) if state_path is not None else None
+        restored, baselines = self._store.load() if self._store is not None else ([], {})
+        self._book, self._building = build_book(
+            config, clock=clock, wall=wall, restored=restored, baselines=baselines
         )
+        self._dirty = False
         self._latest: dict[str, dict[str, float]] = {}
         self._latest_ts: dict[str, datetime] = {}
         self._pending: list[AlarmChange] = []
@@ -127,6 +111,9 @@ class StatusService:
         self.publisher = (
             AlarmPublisher(config=config.mqtt, site=config.site.id) if publish else None
         )
+        if self.publisher is not None:
+            for state in restored:  # the broker learns them (retained) on connect; not news
+                self.publisher.publish(AlarmChange(state=state, event=False))
         self.leds: dict[str, TrafficLight] = {}
         self.panels: dict[str, Panel] = {}
         try:
@@ -168,10 +155,22 @@ class StatusService:
         values: dict[str, float] = {}
         for device in room.devices:  # later devices win for a metric two of them report
             values.update(self._latest.get(device, {}))
-        alarms = tuple(a for d in room.devices for a in self._book.active(d))
+        own = [
+            a for d in room.devices for a in self._book.active(d) if a.name not in self._building
+        ]
+        building = [s for s in self._book.states() if s.active and s.name in self._building]
+        alarms = own + [a for a in building if a.severity == "critical"]
+        alarms.sort(key=lambda a: SEVERITY_RANK.get(a.severity or "warning", 1))  # stable
+        notices = tuple(a for a in building if a.severity != "critical")
         assessment = assess(values, self._config) if values else None
         level = Level.ALARM if alarms else (assessment.level if assessment else None)
-        return RoomStatus(room=room_id, level=level, assessment=assessment, alarms=alarms)
+        return RoomStatus(
+            room=room_id,
+            level=level,
+            assessment=assessment,
+            alarms=tuple(alarms),
+            notices=notices,
+        )
 
     def step(self) -> list[tuple[Panel, Image.Image]]:
         """One iteration: check silence, publish changes, set the LEDs; return panel refreshes due."""
@@ -189,6 +188,10 @@ class StatusService:
             )
             if self.publisher is not None:
                 self.publisher.publish(change)
+            self._dirty = self._dirty or change.event
+        if self._book.baselines_changed:
+            self._book.baselines_changed = False
+            self._dirty = True
         blink_on = blink_phase(self._clock())
         refreshes = []
         for room_id in self._rooms:
@@ -212,7 +215,10 @@ class StatusService:
         try:
             while True:
                 self._wake.clear()
-                for panel, image in self.step():
+                refreshes = self.step()
+                if self._dirty:
+                    await asyncio.to_thread(self.persist)
+                for panel, image in refreshes:
                     try:
                         await asyncio.to_thread(panel.backend.show, image)
                     except OSError as exc:
@@ -232,6 +238,17 @@ class StatusService:
             if publisher_task is not None:
                 publisher_task.cancel()
                 await asyncio.gather(publisher_task, return_exceptions=True)
+
+    def persist(self) -> None:
+        """Save the alarm state if an alarm changed since the last save (blocking: a file)."""
+        if self._dirty and self._store is not None:
+            self._store.save(self._book.states(), self._book.baselines())
+        self._dirty = False
+
+    @property
+    def book(self) -> AlarmBook:
+        """The alarm engine (tests and the CLI read its states)."""
+        return self._book
 
     def close(self) -> None:
         """Release the GPIO pins (LEDs off)."""
@@ -263,8 +280,9 @@ def _round(value: float | None) -> int | None:
 
 def _message(status: RoomStatus, values: Mapping[str, float]) -> str:
     """The sentence for the teacher: what is wrong, and what to do about it."""
-    if status.alarms:
-        return ALARM_TEXT.get(status.alarms[0].name, "ALARM")
+    if status.alarms or status.notices:
+        first = (status.alarms or status.notices)[0]
+        return text_for(first.message or first.name).panel
     assessment = status.assessment
     if assessment is None or status.level is None:
         return MESSAGES[None]
