@@ -310,6 +310,9 @@ def check_installation() -> None:
     assert int(run(python, "-c", CHECK_RECORDS).stdout) > 1000
     assert not (site / "pip").exists(), "pip in the venv: the venv is dpkg's"
 
+    # The metrics extra is bundled: /metrics of [local] http works on an installed gateway.
+    run(python, "-c", "import prometheus_client")
+
     # `gateway demo` finds its site as package data; without the demo extra it says so in a line.
     demo = run(python, "-c", "from gateway.demo import DEMO_CONFIG; print(DEMO_CONFIG)").stdout
     assert demo.strip() == str(site / "gateway" / "demo.toml")
