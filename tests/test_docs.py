@@ -65,9 +65,12 @@ def prose(text: str) -> str:
 
 
 def block_commands(text: str) -> list[tuple[int, str]]:
-    """(line, command) for every ``gateway ...`` line of a fenced code block."""
+    """(line, command) for every ``gateway ...`` line of a fenced shell block (```sh: what the
+    reader types; a plain fence is output, which may start with the word "gateway")."""
     found: list[tuple[int, str]] = []
     for block in FENCE.finditer(text):
+        if block.group(1) not in {"sh", "bash", "console"}:
+            continue
         first = line_of(text, block.start(2))
         for i, line in enumerate(block.group(2).splitlines()):
             stripped = line.strip().removeprefix("$ ").removeprefix("sudo ")
