@@ -47,6 +47,7 @@ from gateway.reload import Device, Reloads, by_bus, plan
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
 from gateway.sinks.mqtt import MqttPublisher
 from gateway.status.alarms import AlarmState
+from gateway.status.engine import inputs as status_inputs
 from gateway.status.service import StatusService
 from gateway.timekeeper import TimeKeeper
 
@@ -305,10 +306,9 @@ class _Reloading:
             log.error("reload refused, the running configuration stays: %s", _one_line(exc))
             self._notifier.ready("reload refused; running the previous configuration")
             return None
-        change = plan(self._runtime.config, redirected)
+        change = plan(self._runtime.config, redirected, watched=status_inputs)
         if change.restart:
             log.info("reload: %s changed; restarting in-process", ", ".join(change.sections))
-            self._notifier.reloading()
             return loaded
         if change.unchanged:
             log.info("reload: the configuration did not change")

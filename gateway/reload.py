@@ -8,7 +8,9 @@ file is applied with the least disturbance that is still exact:
   their shared transport dropped) and started afresh; the other buses go on polling untouched,
   so their grids and a particle sensor's warm-up are not reset. The buffer, the sequence numbers
   and the MQTT session are untouched: no gap, nothing lost.
-- **Anything else changed** (``[site]``, ``[mqtt]``, ``[buffer]``, ``[clock]``, ``[status]``...):
+- **Anything else changed** (``[site]``, ``[mqtt]``, ``[buffer]``, ``[clock]``, ``[status]``, or
+  what the status service takes from the devices: their ids, kinds and intervals when rooms are
+  configured, since the alarm rules are built from them):
   the daemon stops cleanly in-process (polling ends, everything in memory is written to the
   buffer, a clean finish) and starts again with the new file. The buffer is reopened and the
   numbering continues above its floor, so this also loses nothing and declares no gap; what is
@@ -60,13 +62,24 @@ class Plan:
         return not self.sections and not self.buses
 
 
-def plan(old: GatewayConfig, new: GatewayConfig) -> Plan:
-    """Compare two validated configurations (see the module docstring)."""
+def plan(
+    old: GatewayConfig,
+    new: GatewayConfig,
+    *,
+    watched: Callable[[GatewayConfig], object] | None = None,
+) -> Plan:
+    """Compare two validated configurations (see the module docstring).
+
+    ``watched`` (`gateway.status.engine.inputs`) is what the status service takes from the
+    devices: when it differs, the change is one of ``status`` too (the alarm rules' silence
+    limits come from the devices' intervals), so the daemon restarts instead."""
     sections = tuple(
         name
         for name in type(new).model_fields
         if name != "devices" and name not in NOT_READ and getattr(old, name) != getattr(new, name)
     )
+    if watched is not None and "status" not in sections and watched(old) != watched(new):
+        sections += ("status (the devices its alarm rules watch)",)
     before, after = by_bus(old), by_bus(new)
     buses = tuple(
         key for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)

@@ -40,6 +40,15 @@ def device_kind(device: object) -> str:
     return str(getattr(device, "driver", ""))
 
 
+def inputs(config: GatewayConfig) -> tuple[tuple[str, str, float], ...]:
+    """What the engine and the rooms take from ``[[devices]]`` (ids, kinds, intervals): a reload
+    that changes any of it must rebuild the status service (`gateway.reload`). A superset of
+    what each rule reads, so that nothing the rules depend on can change unnoticed."""
+    if not config.status.rooms:
+        return ()
+    return tuple((d.id, device_kind(d), d.interval) for d in config.enabled_devices())
+
+
 def schedule_of(config: ScheduleConfig) -> Schedule:
     """The engine's schedule for ``[status.schedule]``."""
     blocks = []

@@ -61,3 +61,21 @@ def test_other_sections_restart_but_bridge_only_sections_do_not() -> None:
         bridge={"ack_delay": 3},
     )
     assert plan(config(), bridge_only).unchanged
+
+
+def test_with_rooms_an_interval_the_alarm_rules_use_restarts_the_daemon() -> None:
+    from gateway.status.engine import inputs  # noqa: PLC0415
+
+    rooms = {"rooms": [{"id": "r", "name": "R", "devices": ["co2"]}]}
+    old = config(status=rooms)
+    devices = [d.model_copy(update={"interval": 30.0}) if d.id == "co2" else d for d in old.devices]
+    new = old.model_copy(update={"devices": devices})
+    assert plan(old, new, watched=inputs).restart, "the silent alarm's limit comes from it"
+    # A transport setting the rules do not read: only the bus.
+    devices = [d.model_copy(update={"timeout": 1.0}) if d.id == "m1" else d for d in old.devices]
+    change = plan(old, old.model_copy(update={"devices": devices}), watched=inputs)
+    assert not change.restart and change.buses == ("modbus-tcp://10.0.0.1:502",)
+    # Without rooms there is no status service: an interval is the bus's alone.
+    plain = config()
+    devices = [d.model_copy(update={"interval": 30.0}) for d in plain.devices]
+    assert not plan(plain, plain.model_copy(update={"devices": devices}), watched=inputs).restart

@@ -4,9 +4,11 @@
 ``NOTIFY_SOCKET``, while its broker is down, so every reading waits in the buffer. Then:
 
 1. a file that does not validate: one log line, no traceback, the daemon runs on unchanged;
-2. a file where only ``b1-water-meter``'s interval changed (5 s -> 2 s): only the bus of that
-   device (building 1's Modbus TCP endpoint) restarts, and the device is then polled every 2 s;
-3. a file where ``[buffer] commit_interval`` changed too: the daemon restarts in-process.
+2. a file where only ``b1-water-meter``'s request timeout changed: only the bus of that device
+   (building 1's Modbus TCP endpoint) restarts;
+3. a file where its interval changed too (5 s -> 2 s), which the alarm rules depend on, and
+   ``[buffer] commit_interval``: the daemon restarts in-process, and the device is then polled
+   every 2 s.
 
 Each reload is answered with READY=1 to systemd. Then the broker comes up: every sequence number
 from 1 to the buffer's last is delivered, nothing is declared lost, and the subscriber sees each
@@ -76,8 +78,8 @@ def test_sighup_applies_a_good_file_and_keeps_running_on_a_bad_one(tmp_path: Pat
         assert len(peer.with_field("READY", "1")) == 2, "a refused reload still answers READY"
         assert gateway.proc.poll() is None
 
-        # 2. Only one device's interval: only its bus restarts.
-        changed = replace_once(water_block, "interval = 5", "interval = 2")
+        # 2. Only one device's timeout: only its bus restarts.
+        changed = replace_once(water_block, "interval = 5\n", "interval = 5\ntimeout = 1.0\n")
         path.write_text(original.replace(water_block, changed))
         gateway.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "reload: applied" in gateway.output(), timeout=20, what="the reload")
@@ -85,7 +87,8 @@ def test_sighup_applies_a_good_file_and_keeps_running_on_a_bad_one(tmp_path: Pat
         assert re.search(r"restarted bus modbus-tcp://127\.0\.0\.1:\d+$", applied), applied
         wait_until(lambda: len(peer.with_field("READY", "1")) == 3, timeout=10, what="READY")
 
-        # 3. A section other than devices: an in-process restart.
+        # 3. The interval (an input of the alarm rules) and another section: an in-process restart.
+        changed = replace_once(changed, "interval = 5", "interval = 2")
         path.write_text(
             original.replace(water_block, changed).replace(
                 "[buffer]\n", "[buffer]\ncommit_interval = 0.5\n", 1
