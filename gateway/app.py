@@ -44,10 +44,10 @@ from gateway.reload import Device, Reloads, by_bus, plan
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
 from gateway.sinks.mqtt import MqttPublisher
 from gateway.status.alarms import AlarmState
-from gateway.status.service import StatusService
 from gateway.timekeeper import TimeKeeper
 
 if TYPE_CHECKING:
+    from gateway.status.service import StatusService
     from simulators.site import SimulatedSite
 
 log = logging.getLogger(__name__)
@@ -386,6 +386,9 @@ def _status_service(
         from gpiozero.pins.mock import MockFactory  # noqa: PLC0415 - no GPIO pins off a Pi
 
         pin_factory = MockFactory()
+    # Imported only with rooms to show: the status service brings Pillow and gpiozero.
+    from gateway.status.service import StatusService  # noqa: PLC0415
+
     service = StatusService(config=config, pin_factory=pin_factory)
     stack.callback(service.close)
     return service
