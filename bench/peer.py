@@ -422,6 +422,12 @@ def report(results: list[Result]) -> None:
     for label, attr, fmt in rows:
         a = [getattr(r, attr) for r in ours]
         b = [getattr(r, attr) for r in peer]
+        if not a or not b:
+            print(
+                f"| {label} | {' / '.join(fmt.format(x) for x in a)} | "
+                f"{' / '.join(fmt.format(x) for x in b)} | |"
+            )
+            continue
         ratio = statistics.median(a) / statistics.median(b) if statistics.median(b) else math.nan
         print(
             f"| {label} | {' / '.join(fmt.format(x) for x in a)} | "
@@ -440,6 +446,7 @@ def main() -> None:
     parser.add_argument("--payload", choices=["v1", "v2"], default="v2")
     parser.add_argument("--quick", action="store_true", help="5 s warm-up, 15 s windows, A B")
     parser.add_argument("--rounds", type=int, default=None, help="A B pairs (default 2, quick 1)")
+    parser.add_argument("--only", choices=["canary", "thingsboard"], help="measure one side only")
     args = parser.parse_args()
     warmup, window = (5.0, 15.0) if args.quick else (20.0, 60.0)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -480,6 +487,8 @@ def main() -> None:
     try:
         for n in range(rounds):
             for name, start in (("canary", start_canary), ("thingsboard", start_peer)):
+                if args.only not in (None, name):
+                    continue
                 print(
                     f"round {n + 1}: {name} ({warmup:.0f} s warm-up, {window:.0f} s window)",
                     flush=True,

@@ -66,7 +66,7 @@ Interval = Annotated[float, Field(ge=0.1, le=86_400)]
 class _Model(BaseModel):
     """Base for every config section: frozen, unknown keys rejected, no type coercion from strings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
 
 
 class SiteConfig(_Model):

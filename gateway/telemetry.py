@@ -132,7 +132,7 @@ _Ident = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 
 
 class _WireReading(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     metric: Annotated[str, Field(min_length=1, max_length=64)]
     value: float | int | bool | str | None
@@ -144,7 +144,7 @@ class _WireReading(BaseModel):
 
 
 class _WireMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     v: Literal[1]
     site: _Ident
@@ -219,7 +219,7 @@ def encode_gap_event(site: str, *, from_seq: int, to_seq: int, reason: str, ts: 
 class GapEvent(BaseModel):
     """A decoded ``readings_lost`` event (see `encode_gap_event`)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     v: Literal[1]
     type: Literal["readings_lost"]
@@ -353,7 +353,7 @@ _Metric = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _WirePoll(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     ts: Annotated[int, Field(ge=0)]
     seq: Annotated[int, Field(ge=1)]
@@ -363,7 +363,7 @@ class _WirePoll(BaseModel):
 
 
 class _WireMessageV2(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     v: Literal[2]
     polls: Annotated[list[_WirePoll], Field(min_length=2)]
@@ -450,7 +450,7 @@ def _decode_v2(data: Any, *, device: str, units: Mapping[str, str] | None) -> li
 class MetricDescription(BaseModel):
     """What the description says about one metric."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
     unit: str
     description: str = ""
@@ -460,7 +460,7 @@ class DeviceDescription(BaseModel):
     """The retained ``P/S/devices/D`` payload (gateway/schema/device.json): what does not change
     from poll to poll, so that v2 telemetry need not repeat it."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
     v: Literal[2] = 2
     site: _Ident
