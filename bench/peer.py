@@ -77,6 +77,9 @@ class MeterFarm:
         self.ports = [free_port() for _ in range(count)]
         self.epoch = epoch
         self.requests = 0
+        #: Arrival times (time.monotonic) of the requests per port, while ``recording``.
+        self.arrivals: dict[int, list[float]] = {port: [] for port in self.ports}
+        self.recording = False
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meter-farm", daemon=True)
@@ -106,12 +109,15 @@ class MeterFarm:
         return struct.pack(">I9f", now, *floats)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        port = writer.get_extra_info("sockname")[1]
         try:
             while True:
                 header = await reader.readexactly(7)
                 tid, pid, length, unit = struct.unpack(">HHHB", header)
                 pdu = await reader.readexactly(length - 1)
                 self.requests += 1
+                if self.recording:
+                    self.arrivals[port].append(time.monotonic())
                 function = pdu[0]
                 if function in (3, 4) and len(pdu) == 5:
                     address, count = struct.unpack(">HH", pdu[1:5])
@@ -222,7 +228,9 @@ def _polls(topic: str, body: Any) -> list[dict[str, Any]]:
 # --- the two gateways ---------------------------------------------------------------------------
 
 
-def canary_config(work: Path, broker: int, ports: list[int], payload: str) -> Path:
+def canary_config(
+    work: Path, broker: int, ports: list[int], payload: str, interval: float = 1
+) -> Path:
     points = '  { key = "c", register = "holding", address = 0, type = "uint32" },\n' + "".join(
         f'  {{ key = "v{i}", register = "holding", address = {2 * i}, type = "float32" }},\n'
         for i in range(1, 10)
@@ -233,7 +241,7 @@ def canary_config(work: Path, broker: int, ports: list[int], payload: str) -> Pa
 id = "meter-{n:02d}"
 driver = "modbus"
 unit_id = 1
-interval = 1
+interval = {interval}
 transport = {{ kind = "tcp", host = "127.0.0.1", port = {port} }}
 points = [
 {points}]
