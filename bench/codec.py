@@ -59,7 +59,7 @@ def timed(fn: object, bodies: list[dict[str, object]]) -> float:
 
 def main() -> None:
     python = VENV / "bin" / "python"
-    if Path(sys.executable).resolve() != python.resolve():
+    if Path(sys.prefix).resolve() != VENV.resolve():
         if not python.exists():
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
             subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)

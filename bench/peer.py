@@ -53,7 +53,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import free_port, mosquitto  # noqa: E402
+from tests.servers import mosquitto  # noqa: E402
 
 WORK = ROOT / "bench" / ".work"
 PEER_VENV = WORK / "peer-venv"
@@ -74,11 +74,13 @@ class MeterFarm:
     """
 
     def __init__(self, count: int, epoch: float) -> None:
-        self.ports = [free_port() for _ in range(count)]
+        self._count = count
+        #: The bound ports (ephemeral: picking free ports first races with other processes).
+        self.ports: list[int] = []
         self.epoch = epoch
         self.requests = 0
         #: Arrival times (time.monotonic) of the requests per port, while ``recording``.
-        self.arrivals: dict[int, list[float]] = {port: [] for port in self.ports}
+        self.arrivals: dict[int, list[float]] = {}
         self.recording = False
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -96,10 +98,13 @@ class MeterFarm:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        for port in self.ports:
-            self._loop.run_until_complete(
-                asyncio.start_server(self._serve, "127.0.0.1", port, reuse_address=True)
+        for _ in range(self._count):
+            server = self._loop.run_until_complete(
+                asyncio.start_server(self._serve, "127.0.0.1", 0)
             )
+            port = server.sockets[0].getsockname()[1]
+            self.ports.append(port)
+            self.arrivals[port] = []
         self._ready.set()
         self._loop.run_forever()
 
