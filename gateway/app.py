@@ -36,6 +36,7 @@ from gateway.clock import (
     file_generation,
 )
 from gateway.config import BufferConfig, ClockConfig, GatewayConfig
+from gateway.describe import Described, describe
 from gateway.errors import GatewayError, StorageError
 from gateway.health import Verdict
 from gateway.local.latest import LatestValues
@@ -48,10 +49,10 @@ from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
 from gateway.sinks.mqtt import MqttPublisher
 from gateway.status.alarms import AlarmState
 from gateway.status.engine import inputs as status_inputs
-from gateway.status.service import StatusService
 from gateway.timekeeper import TimeKeeper
 
 if TYPE_CHECKING:
+    from gateway.status.service import StatusService
     from simulators.site import SimulatedSite
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,12 @@ async def _run_once(
         buffer, sequence = await open_delivery(
             storage, commit_interval=config.buffer.commit_interval, stack=stack
         )
-        publisher = MqttPublisher(config=config.mqtt, site=config.site.id, buffer=buffer)
+        publisher = MqttPublisher(
+            config=config.mqtt,
+            site=config.site.id,
+            buffer=buffer,
+            describe=lambda: _describe(runtime),
+        )
         monitor = monitor or ClockMonitor(
             sync_generation=sync_source(config.clock), step_tolerance=config.clock.step_tolerance
         )
@@ -316,6 +322,7 @@ class _Reloading:
             await self._restart_buses(change.buses, redirected)
             log.info("reload: applied; restarted %s", ", ".join(map(_bus_name, change.buses)))
         self._runtime.config = redirected
+        self._runtime.publisher.refresh_devices()
         self._notifier.ready("configuration reloaded")
         return None
 
@@ -343,6 +350,12 @@ class _Reloading:
                     _carry_counters(previous[state.id], state)
             runtime.pollers.append(poller)
             self._polling.start(poller)
+
+
+def _describe(runtime: GatewayRuntime) -> dict[str, Described]:
+    """The current device descriptions (for the publisher's retained device topics)."""
+    drivers = [(state.id, state.driver) for poller in runtime.pollers for state in poller.devices]
+    return describe(runtime.config, drivers)
 
 
 def _carry_counters(old: DeviceState, new: DeviceState) -> None:
@@ -388,6 +401,9 @@ def _status_service(
         from gpiozero.pins.mock import MockFactory  # noqa: PLC0415 - no GPIO pins off a Pi
 
         pin_factory = MockFactory()
+    # Imported only with rooms to show: the status service brings Pillow and gpiozero.
+    from gateway.status.service import StatusService  # noqa: PLC0415
+
     # Next to the buffer: the one directory the package makes writable and keeps on upgrade.
     state_path = config.buffer.path.with_name("alarms.json")
     service = StatusService(config=config, pin_factory=pin_factory, state_path=state_path)
@@ -529,6 +545,7 @@ async def _report_status(runtime: GatewayRuntime) -> None:
         pending, dropped = await runtime.buffer.pending(), await runtime.buffer.dropped()
         runtime.last_pending = pending
         runtime.publisher.publish_status(status_details(runtime, pending, dropped))
+        runtime.publisher.refresh_devices()  # a device's identity may be known by now
         episode = dropped - baseline
         if alarm is None and episode:
             alarm = _buffer_alarm(active=True, value=episode)

@@ -67,7 +67,7 @@ Interval = Annotated[float, Field(ge=0.1, le=86_400)]
 class _Model(BaseModel):
     """Base for every config section: frozen, unknown keys rejected, no type coercion from strings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
 
 
 class SiteConfig(_Model):
@@ -133,6 +133,10 @@ class MqttConfig(_Model):
     #: Readings per second the backlog drains at after an outage (0: as fast as the broker takes
     #: them); live readings always go first.
     backlog_rate: Annotated[int, Field(ge=0, le=1_000_000)] = 20_000
+    #: Telemetry payload: ``v1`` (a reading per object, unit and ISO time in each) or ``v2``
+    #: (compact: one object per poll, units in the retained device description). v1 by default:
+    #: backends written for v1 keep working until they are ready (docs/mqtt.md).
+    payload: Literal["v1", "v2"] = "v1"
 
 
 class BufferConfig(_Model):

@@ -30,11 +30,18 @@ class Quality(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetricSpec:
-    """A metric a driver can report: its key, its unit (UCUM-like short form) and a description."""
+    """A metric a driver can report: its key, its unit (UCUM-like short form) and a description.
+
+    ``float32`` says that every value is exactly a float32 (an unscaled float32 register): the
+    wire may then write it with the shortest text that reads back as the same float32
+    (``232.72513``, not ``232.72512817382812``), exact to the device's own precision. The value
+    itself stays the exact float32, so nothing below the encoder needs to know.
+    """
 
     key: str
     unit: str
     description: str = ""
+    float32: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,25 +2,21 @@
 
 An explicit dict, no import-time registration: adding a device type means adding its config model
 in `gateway.config` and one entry here.
+
+Each factory imports its driver when it is first called, not this module: a gateway imports only
+what its configuration uses (the Adafruit/Blinka stack only with I2C devices, pyserial only with
+an RS-485 line), which is most of its memory on a Pi Zero (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+# Imports inside the factories below are on purpose (module docstring).
+# ruff: noqa: PLC0415
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import Driver
-from drivers.modbus.driver import ModbusTcpDriver
-from drivers.modbus.engine import ModbusDriver
-from drivers.modbus.line import LineUnit, ModbusLine, SerialSettings
-from drivers.modbus.profiles import load_profile, profile_from_table
-from drivers.modbus.sunspec.driver import SunSpecTcpDriver
-from drivers.modbus.tcp_client import ModbusTcpRegisters
-from drivers.sensors.i2c_bus import I2CBus
-from drivers.sensors.pmsa003i import Pmsa003iDriver
-from drivers.sensors.scd4x import Scd4xDriver
-from drivers.sensors.scd4x_settings import Scd4xSettings
 from gateway.config import (
     ModbusDevice,
     Pmsa003iDevice,
@@ -31,6 +27,11 @@ from gateway.config import (
     TcpTransport,
 )
 from gateway.deferred_i2c import DeferredI2C
+
+if TYPE_CHECKING:
+    from drivers.modbus.line import ModbusLine
+    from drivers.modbus.tcp_client import ModbusTcpRegisters
+    from drivers.sensors.i2c_bus import I2CBus
 
 
 @dataclass
@@ -54,6 +55,8 @@ class BusRegistry:
         every device on the line gets the same object, so they share its port, lock and gaps."""
         key = transport.line_key()
         if key not in self.buses:
+            from drivers.modbus.line import ModbusLine, SerialSettings
+
             if isinstance(transport, RtuTransport):
                 settings = SerialSettings(
                     port=transport.port,
@@ -81,12 +84,17 @@ class BusRegistry:
         (`gateway.config.ModbusDevice.bus_key`), so the units are also polled in turn."""
         key = f"modbus-tcp://{host}:{port}"
         if key not in self.buses:
+            from drivers.modbus.tcp_client import ModbusTcpRegisters
+
             self.buses[key] = ModbusTcpRegisters(host=host, port=port, timeout=timeout)
         registers: ModbusTcpRegisters = self.buses[key]
         return registers
 
 
 def _modbus(device: ModbusDevice, buses: BusRegistry) -> Driver:
+    from drivers.modbus.driver import ModbusTcpDriver
+    from drivers.modbus.profiles import load_profile, profile_from_table
+
     profile = (
         load_profile(device.profile)
         if device.profile is not None
@@ -94,6 +102,9 @@ def _modbus(device: ModbusDevice, buses: BusRegistry) -> Driver:
     )
     transport = device.transport
     if not isinstance(transport, TcpTransport):
+        from drivers.modbus.engine import ModbusDriver
+        from drivers.modbus.line import LineUnit
+
         reader = LineUnit(
             line=buses.modbus_line(transport),
             unit_id=device.unit_id,
@@ -109,6 +120,8 @@ def _modbus(device: ModbusDevice, buses: BusRegistry) -> Driver:
 
 
 def _sunspec(device: SunSpecDevice, buses: BusRegistry) -> Driver:
+    from drivers.modbus.sunspec.driver import SunSpecTcpDriver
+
     transport = device.transport
     return SunSpecTcpDriver(
         registers=buses.modbus_tcp(transport.host, transport.port, device.timeout),
@@ -119,6 +132,9 @@ def _sunspec(device: SunSpecDevice, buses: BusRegistry) -> Driver:
 
 
 def _scd4x(device: Scd4xDevice, buses: BusRegistry) -> Driver:
+    from drivers.sensors.scd4x import Scd4xDriver
+    from drivers.sensors.scd4x_settings import Scd4xSettings
+
     settings = Scd4xSettings(
         self_calibration=device.self_calibration,
         altitude_m=device.altitude_m,
@@ -137,6 +153,8 @@ def _scd4x(device: Scd4xDevice, buses: BusRegistry) -> Driver:
 
 
 def _pmsa003i(device: Pmsa003iDevice, buses: BusRegistry) -> Driver:
+    from drivers.sensors.pmsa003i import Pmsa003iDriver
+
     return Pmsa003iDriver(
         bus=buses.i2c(device.bus),
         address=device.address,

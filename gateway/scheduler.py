@@ -261,8 +261,11 @@ class BusPoller:
                 values = await device.driver.poll()
             # Driver data: read before any sequence number is handed out, so that a broken
             # answer costs no number (a skipped number would look like a lost reading).
+            # In key order: a poll's sequence numbers then follow its metrics' code-point order,
+            # which is what lets payload v2 carry only the first (gateway.telemetry).
             answer = [
-                (key, spec.unit, values.get(key)) for key, spec in device.driver.metrics.items()
+                (key, spec.unit, values.get(key))
+                for key, spec in sorted(device.driver.metrics.items())
             ]
         except DeviceNotReady as exc:
             device.next_due = self._monotonic() + min(exc.retry_after, device.interval)

@@ -116,8 +116,15 @@ class Point:
         return self.address + self.count
 
     def metric(self) -> MetricSpec:
-        """The `MetricSpec` the driver advertises for this point."""
-        return MetricSpec(key=self.key, unit=self.unit, description=self.description)
+        """The `MetricSpec` the driver advertises for this point (``float32`` for an unscaled
+        float32 register, whose value is exactly a float32)."""
+        unscaled = self.scale == 1 and self.offset == 0
+        return MetricSpec(
+            key=self.key,
+            unit=self.unit,
+            description=self.description,
+            float32=self.data_type is DataType.FLOAT32 and unscaled,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

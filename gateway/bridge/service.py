@@ -37,6 +37,7 @@ from influxdb_client import Point
 
 from gateway.bridge.acks import AckWindow, Entry
 from gateway.bridge.alarm import StoreAlarm, alarm_device
+from gateway.bridge.devices import DeviceDirectory
 from gateway.bridge.influx import InfluxWriter, StoreError
 from gateway.bridge.points import PointKey, gap_key, gap_point, point_keys, to_points
 from gateway.config import GatewayConfig
@@ -44,9 +45,10 @@ from gateway.errors import ConfigError
 from gateway.mqtt_client import ConnectionReporter, LoopBridge, make_client, reason_text
 from gateway.telemetry import (
     TelemetryError,
+    UnitsUnknown,
     deadletter_topic,
+    decode_any,
     decode_gap_event,
-    decode_telemetry,
     telemetry_filter,
 )
 
@@ -138,6 +140,14 @@ class Bridge:
         self._online = asyncio.Event()
         self._report = ConnectionReporter(logger=log, host=self._mqtt.host, port=self._mqtt.port)
         self.stats = BridgeStats()
+        self._devices = DeviceDirectory(
+            config=config.mqtt,
+            client_id=f"{self._client_id}-devices",
+            sites=list(sites),
+            on_change=self._described,
+        )
+        #: v2 messages waiting for their device's description (units), by (site, device).
+        self._parked: dict[tuple[str, str], list[Entry]] = {}
 
     @property
     def alarm(self) -> StoreAlarm:
@@ -148,6 +158,11 @@ class Bridge:
     def held(self) -> int:
         """Messages with data received and not yet acknowledged."""
         return self._window.holding()
+
+    @property
+    def undescribed(self) -> int:
+        """v2 messages held until their device's description names their metrics' units."""
+        return sum(len(entries) for entries in self._parked.values())
 
     async def run(self) -> None:
         """Connect, subscribe and bridge until cancelled."""
@@ -164,6 +179,7 @@ class Bridge:
         client.on_message = lambda c, u, msg: loop_bridge.call(self._on_message, msg)
         client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=self._mqtt.keepalive)
         client.loop_start()
+        self._devices.start()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._write_loop(client), name="bridge-write")
@@ -172,6 +188,7 @@ class Bridge:
             self._alarm.attach(None)
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
+            await asyncio.to_thread(self._devices.stop)
             await asyncio.to_thread(self._writer.close)
 
     # --- MQTT callbacks (on the event loop, via LoopBridge) -----------------------------------
@@ -258,6 +275,9 @@ class Bridge:
                 except TelemetryError as exc:
                     await self._dead_letter(client, entry, str(exc))
                     continue
+                except UnitsUnknown as exc:
+                    self._park(entry, str(exc))
+                    continue
             if not entry.readings and entry.gap is None:
                 self._window.finished(entry)  # nothing to store
                 continue
@@ -279,9 +299,27 @@ class Bridge:
                 raise TelemetryError(f"payload names site {entry.gap.site} but arrived on {site}")
             entry.readings = []
             return
-        entry.readings = decode_telemetry(
-            bytes(message.payload), topic_site=site, topic_device=device
+        entry.readings = decode_any(
+            bytes(message.payload),
+            topic_site=site,
+            topic_device=device,
+            units=self._devices.units(site, device),
         )
+
+    def _park(self, entry: Entry, reason: str) -> None:
+        """Hold a v2 message until its device's description names every metric it carries
+        (held, not acknowledged: the broker keeps it meanwhile)."""
+        _, device = _site_and_device(entry.message.topic, self._prefix)
+        key = (entry.site, device or "")
+        parked = self._parked.setdefault(key, [])
+        if not parked:
+            log.info("holding telemetry of %s/%s until its description arrives (%s)", *key, reason)
+        parked.append(entry)
+
+    def _described(self, site: str, device: str) -> None:
+        """A description arrived: what waited for it is decoded again."""
+        for entry in self._parked.pop((site, device), []):
+            self._inbox.put_nowait(entry)
 
     async def _write_retrying(self, entries: list[Entry]) -> None:
         """Write until accepted, then hold the entries; raise `StoreError` only for content.

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,15 +30,18 @@ from gateway.buffer import Batch
 from gateway.buffer.base import Gap
 from gateway.buffer.writebehind import WriteBehind
 from gateway.config import MqttConfig
+from gateway.describe import Described
 from gateway.model import from_epoch_ms
 from gateway.mqtt_client import ConnectionReporter, LoopBridge, make_client, reason_text
 from gateway.status.alarms import AlarmState
 from gateway.status.publisher import EventQueue, encode_alarm_event, encode_alarm_state
 from gateway.telemetry import (
     alarm_topic,
+    devices_topic,
     encode_gap_event,
     encode_status,
     encode_telemetry,
+    encode_telemetry_v2,
     events_topic,
     group_by_device,
     status_topic,
@@ -77,6 +80,8 @@ class StatusMemory:
     alarms: dict[tuple[str, str], AlarmState] = field(default_factory=dict)
     unsent_events: EventQueue = field(default_factory=EventQueue)
     link: LinkState = field(default_factory=LinkState)
+    #: The device descriptions, by device id (sent retained on every connect).
+    devices: dict[str, Described] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,8 +108,14 @@ class MqttPublisher:
         buffer: WriteBehind,
         batch_size: int = BATCH_SIZE,
         memory: StatusMemory | None = None,
+        describe: Callable[[], Mapping[str, Described]] | None = None,
     ) -> None:
-        """``memory`` is what a predecessor remembered for the status topic (`successor`)."""
+        """``memory`` is what a predecessor remembered for the status topic (`successor`).
+
+        ``describe`` returns the current device descriptions (`gateway.describe`); it is asked
+        again when a batch holds a metric the last descriptions did not name (a SunSpec device
+        after its discovery), and by `refresh_devices`.
+        """
         self._config = config
         self._site = site
         self._buffer = buffer
@@ -136,6 +147,11 @@ class MqttPublisher:
         self._progress = asyncio.Event()
         self.connected = asyncio.Event()
         self.stats = PublisherStats()
+        self._describe = describe
+        self._devices = memory.devices
+        #: What the broker was sent on the current connection, per device topic.
+        self._sent_devices: dict[str, bytes] = {}
+        self._compact = config.payload == "v2"
 
     def successor(self) -> MqttPublisher:
         """A new publisher with the same settings, for a restart after this one's ``run`` ended.
@@ -148,7 +164,11 @@ class MqttPublisher:
         if self.connected.is_set():  # its client is gone: the link is down from now on
             link = LinkState(last_puback=link.last_puback)
         memory = StatusMemory(
-            details=self._details, alarms=self._alarms, unsent_events=self._unsent_events, link=link
+            details=self._details,
+            alarms=self._alarms,
+            unsent_events=self._unsent_events,
+            link=link,
+            devices=self._devices,
         )
         return MqttPublisher(
             config=self._config,
@@ -156,6 +176,7 @@ class MqttPublisher:
             buffer=self._buffer,
             batch_size=self._batch_size,
             memory=memory,
+            describe=self._describe,
         )
 
     async def release_inflight(self) -> None:
@@ -226,8 +247,16 @@ class MqttPublisher:
     async def _publish(self, client: mqtt.Client, batch: Batch) -> None:
         self._begun[batch.id] = batch
         pending = _Pending(batch)
-        for device, readings in group_by_device(batch.readings).items():
-            payload = encode_telemetry(self._site, device, readings)
+        groups = group_by_device(batch.readings)
+        if any(self._undescribed(device, readings) for device, readings in groups.items()):
+            self.refresh_devices()  # before the telemetry: the broker keeps the order
+        for device, readings in groups.items():
+            if self._compact:
+                described = self._devices.get(device)
+                float32 = described.float32 if described is not None else frozenset()
+                payload = encode_telemetry_v2(readings, float32=float32)
+            else:
+                payload = encode_telemetry(self._site, device, readings)
             topic = telemetry_topic(self._config.topic_prefix, self._site, device)
             info = client.publish(topic, payload, qos=1)
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
@@ -249,6 +278,37 @@ class MqttPublisher:
             return
         if self._inflight_messages >= self._config.max_inflight:
             self._window_open.clear()
+
+    def _undescribed(self, device: str, readings: list[Any]) -> bool:
+        described = self._devices.get(device)
+        if described is None:
+            return True
+        metrics = described.description.metrics
+        return any(r.metric not in metrics for r in readings)
+
+    def refresh_devices(self) -> None:
+        """Ask ``describe`` for the current descriptions and send those that changed (retained);
+        a device no longer described gets an empty retained message (the broker forgets it)."""
+        if self._describe is None:
+            return
+        self._devices = dict(self._describe())
+        if self._can_send():
+            self._send_devices()
+
+    def _send_devices(self) -> None:
+        assert self._client is not None  # checked by the callers
+        prefix = self._config.topic_prefix
+        current = {
+            devices_topic(prefix, self._site, device): described.description.encode()
+            for device, described in self._devices.items()
+        }
+        for topic in self._sent_devices.keys() - current.keys():
+            self._client.publish(topic, b"", qos=1, retain=True)
+            del self._sent_devices[topic]
+        for topic, payload in current.items():
+            if self._sent_devices.get(topic) != payload:
+                self._client.publish(topic, payload, qos=1, retain=True)
+                self._sent_devices[topic] = payload
 
     @property
     def connect_failures(self) -> int:
@@ -376,6 +436,13 @@ class MqttPublisher:
             self.link.since = time.monotonic()
         self._client = client
         self.publish_status(self._details)
+        # On every connect, before any telemetry: a broker that lost its retained messages (no
+        # persistence, a crash before its autosave) has them again, and a v2 consumer learns
+        # the units before the values.
+        self._sent_devices.clear()
+        if self._describe is not None:
+            self._devices = dict(self._describe())
+        self._send_devices()
         self.connected.set()
         for state in self._unsent_events.drain():
             self._send_event(state)

@@ -259,19 +259,21 @@ def test_readings_carry_identity_unit_wall_clock_time_seq_and_quality() -> None:
     trace = asyncio.run(main())
     first, second = trace.readings[:4], trace.readings[4:8]
     assert [r.seq for r in trace.readings[:8]] == list(range(42, 50))
+    # Numbered in metric key order, not the driver's: payload v2 carries only a poll's first
+    # number and rebuilds the others from the keys' code-point order (gateway/telemetry.py).
     assert [(r.device, r.metric, r.unit) for r in first] == [
-        ("meter-1", "power", "W"),
         ("meter-1", "energy", "kWh"),
+        ("meter-1", "power", "W"),
         ("meter-1", "relay", ""),
         ("meter-1", "status", ""),
     ]
     assert [(r.value, r.quality) for r in first] == [
-        (0.0, Quality.GOOD),  # falsy is not "no value"
         (None, Quality.NO_VALUE),
+        (0.0, Quality.GOOD),  # falsy is not "no value"
         (False, Quality.GOOD),
         (None, Quality.NO_VALUE),
     ]
-    assert second[0].value == 1234.5
+    assert second[1].value == 1234.5
     assert {r.ts for r in first} == {datetime(2026, 6, 1, 12, 0, 0, 123000, tzinfo=UTC)}
     assert {r.ts for r in second} == {datetime(2026, 6, 1, 12, 0, 1, 999000, tzinfo=UTC)}
     assert all(r.ts.utcoffset() == timedelta(0) for r in trace.readings[:8])

@@ -114,6 +114,18 @@ def stored(tsdb: int, suffix: str) -> dict[tuple[str, str, int], float]:
     return out
 
 
+def stored_series(tsdb: int, suffix: str) -> set[tuple[str, str, str]]:
+    """(device, metric, unit) of every ``<metric>_<suffix>`` series in the store."""
+    return {
+        (
+            row["metric"]["device"],
+            row["metric"]["__name__"].removesuffix(f"_{suffix}"),
+            row["metric"].get("unit", ""),
+        )
+        for row in vm_export(tsdb, f'{{__name__=~".+_{suffix}"}}')
+    }
+
+
 def stored_gaps(tsdb: int) -> set[tuple[int, int]]:
     """The declared gaps (first, last) the bridge stored (``gap_first`` / ``gap_last``)."""
     first = {

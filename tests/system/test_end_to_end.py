@@ -25,16 +25,26 @@ from tests.system.harness import (
     buffer_state,
     site_config,
     stored,
+    stored_series,
     ts_ms,
 )
 from tests.system.mqtt_capture import MqttCapture, unexplained
 
 
 @pytest.mark.system
+@pytest.mark.parametrize("payload", ["v1", "v2"])
 def test_every_polled_reading_reaches_the_store(
-    tmp_path: Path, broker: ServerProcess, tsdb: ServerProcess, processes: list[Process]
+    tmp_path: Path,
+    broker: ServerProcess,
+    tsdb: ServerProcess,
+    processes: list[Process],
+    payload: str,
 ) -> None:
-    config = site_config(tmp_path, broker=broker.port, tsdb=tsdb.port)
+    """In both payload versions: every reading polled crosses the broker in messages that
+    validate against the version's schema, and the store holds each once, with its unit."""
+    config = site_config(
+        tmp_path, broker=broker.port, tsdb=tsdb.port, mqtt=f'payload = "{payload}"'
+    )
     capture = MqttCapture(broker.port, "canary/#").start()
     try:
         bridge = Process("bridge", [GATEWAY, "bridge", "--config", str(config)], tmp_path)
@@ -72,6 +82,8 @@ def test_every_polled_reading_reaches_the_store(
         capture.stop()
 
     readings = capture.readings()
+    assert capture.invalid == []
+    assert capture.versions == {int(payload[1])}
     # Everything polled crossed the broker: sequence numbers 1..N with no gap.
     assert {r["seq"] for r in readings} == set(range(1, last_seq + 1))
     # ... and reached the store, exactly once per reading (replays overwrite the same point).
@@ -88,6 +100,13 @@ def test_every_polled_reading_reaches_the_store(
     for key, value in expected.items():
         assert values[key] == pytest.approx(value, rel=1e-12), key
     assert {d for d, _, _ in values} == DEMO_DEVICES
+    # The same series as on the wire, with the unit (v2: from the retained description).
+    assert stored_series(tsdb.port, "seq") == {
+        (r["device"], r["metric"], r["unit"]) for r in readings
+    }
+    if payload == "v2":
+        descriptions = {m.topic for m in capture.snapshot() if "/devices/" in m.topic}
+        assert descriptions == {f"canary/kg-sunflower/devices/{d}" for d in DEMO_DEVICES}
     statuses = [m.json() for m in capture.snapshot() if m.topic == "canary/kg-sunflower/status"]
     assert statuses[-1]["state"] == "offline"
     # The clean stop's offline status carries the final counters: every device, its polls (at
