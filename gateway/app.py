@@ -48,7 +48,6 @@ from gateway.reload import Device, Reloads, by_bus, plan
 from gateway.scheduler import BusPoller, DeviceState, SequenceCounter
 from gateway.sinks.mqtt import MqttPublisher
 from gateway.status.alarms import AlarmState
-from gateway.status.engine import inputs as status_inputs
 from gateway.timekeeper import TimeKeeper
 
 if TYPE_CHECKING:
@@ -312,6 +311,8 @@ class _Reloading:
             log.error("reload refused, the running configuration stays: %s", _one_line(exc))
             self._notifier.ready("reload refused; running the previous configuration")
             return None
+        from gateway.status.engine import inputs as status_inputs  # noqa: PLC0415 - rooms only
+
         change = plan(self._runtime.config, redirected, watched=status_inputs)
         if change.restart:
             log.info("reload: %s changed; restarting in-process", ", ".join(change.sections))

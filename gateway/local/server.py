@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING
 
 from gateway.config import LocalConfig
 from gateway.health import verdict
-from gateway.local import metrics
-from gateway.local.snapshot import take_snapshot
+
+# The snapshot's models and the metrics are imported on the first request that needs them, not
+# at start-up: most gateways are never asked, and their pydantic models cost memory on a Pi Zero.
+# ruff: noqa: PLC0415
 
 if TYPE_CHECKING:
     from gateway.app import GatewayRuntime
@@ -91,6 +93,8 @@ class LocalStatusServer:
             await self._start_unix(path)
         address = self._config.http_address
         if address is not None:
+            from gateway.local import metrics
+
             if not metrics.available():
                 log.error("[local] http: %s", metrics.MISSING)
             host, port = address
@@ -210,6 +214,8 @@ class LocalStatusServer:
         return {"/status": self._status, "/healthz": self._healthz, "/metrics": self._metrics}
 
     async def _status(self) -> Response:
+        from gateway.local.snapshot import take_snapshot
+
         snapshot = await take_snapshot(self._runtime)
         return 200, "application/json", snapshot.model_dump_json().encode() + b"\n"
 
@@ -220,6 +226,9 @@ class LocalStatusServer:
         return 503, "text/plain; charset=utf-8", "".join(f"{p}\n" for p in health.problems).encode()
 
     async def _metrics(self) -> Response:
+        from gateway.local import metrics
+        from gateway.local.snapshot import take_snapshot
+
         if not metrics.available():
             return 503, "text/plain; charset=utf-8", f"{metrics.MISSING}\n".encode()
         content_type, body = metrics.render(await take_snapshot(self._runtime))
