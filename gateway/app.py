@@ -86,6 +86,8 @@ class GatewayRuntime:
     recovered_from: Path | None = None
     #: Readings buffered at the last status report (for summaries that must not wait on the disk).
     last_pending: int = 0
+    #: READY=1 was sent: every bus task opened its devices and started its grid.
+    ready: bool = False
     #: The last value of every metric, and the classroom status if any (local status).
     latest: LatestValues = field(default_factory=LatestValues)
     display: StatusService | None = None
@@ -113,7 +115,9 @@ async def run_gateway(
     notifier = notifier or Notifier(None)
     started_at = time.monotonic()  # uptime counts across in-process restarts
     current: GatewayConfig | None = config
-    while current is not None:
+    first = True
+    while current is not None and (first or not stop.is_set()):  # no new run after a stop
+        first = False
         current = await _run_once(
             current,
             stop=stop,
@@ -149,7 +153,11 @@ async def _run_once(
             redirect = functools.partial(_redirected, site=site)
         # Off the loop: opening runs PRAGMA quick_check over the whole file (seconds on a slow
         # card with a large backlog), and may move a damaged file aside.
+        # Opening may take a while (quick_check); after an in-process restart the watchdog is
+        # armed and its task not yet running: the loop is alive, say so around the open.
+        notifier.send(WATCHDOG="1")
         storage = await asyncio.to_thread(_open_buffer, config.buffer)
+        notifier.send(WATCHDOG="1")
         buffer, sequence = await open_delivery(
             storage, commit_interval=config.buffer.commit_interval, stack=stack
         )
@@ -308,29 +316,69 @@ class _Reloading:
             loaded = await asyncio.to_thread(reloads.load)
             redirected = self._redirect(loaded)
         except GatewayError as exc:
-            log.error("reload refused, the running configuration stays: %s", _one_line(exc))
-            self._notifier.ready("reload refused; running the previous configuration")
+            self._refused(_one_line(exc))
             return None
         from gateway.status.engine import inputs as status_inputs  # noqa: PLC0415 - rooms only
 
         change = plan(self._runtime.config, redirected, watched=status_inputs)
         if change.restart:
+            if self._runtime.buffer.worker.failing:
+                # A restart ends with a clean finish, which a card refusing writes would fail,
+                # and what waits in memory would go with it (design.md, "SIGHUP").
+                self._refused("the buffer cannot write to its card now; try again later")
+                return None
             log.info("reload: %s changed; restarting in-process", ", ".join(change.sections))
+            self._notifier.send(WATCHDOG="1")  # the watchdog task stops for the restart
             return loaded
         if change.unchanged:
             log.info("reload: the configuration did not change")
         else:
-            await self._restart_buses(change.buses, redirected)
+            try:
+                await self._restart_buses(change.buses, redirected)
+            except _BuildFailed as exc:
+                self._refused(str(exc))
+                return None
             log.info("reload: applied; restarted %s", ", ".join(map(_bus_name, change.buses)))
         self._runtime.config = redirected
         self._runtime.publisher.refresh_devices()
-        self._notifier.ready("configuration reloaded")
+        self._answer("configuration reloaded")
         return None
 
+    def _refused(self, reason: str) -> None:
+        log.error("reload refused, the running configuration stays: %s", reason)
+        self._answer("reload refused; running the previous configuration")
+
+    def _answer(self, status: str) -> None:
+        """End a reload for systemd: READY=1 again, unless start-up has not finished yet (the
+        watchdog sends the first READY=1, once every bus runs its grid)."""
+        if self._runtime.ready:
+            self._notifier.ready(status)
+        else:
+            self._notifier.status(status)
+
     async def _restart_buses(self, keys: Sequence[str], config: GatewayConfig) -> None:
-        """Stop the bus tasks of ``keys`` (closing their drivers, dropping their shared
-        transport) and start those that ``config`` still has, counters carried over by id."""
+        """Replace the bus tasks of ``keys`` by those ``config`` has, counters carried over by id.
+
+        The new drivers are built first, on fresh shared transports (a Modbus line or endpoint
+        may have new settings), while the old tasks still poll; if one cannot be built, the
+        old transports are put back and `_BuildFailed` says why: nothing changed. Then the old
+        tasks are stopped (closing their drivers and their old transports) and the new ones
+        started.
+        """
         runtime = self._runtime
+        saved = {k: runtime.buses.buses.pop(k) for k in keys if k in runtime.buses.buses}
+        for key in list(saved):
+            if key.startswith("i2c:"):  # an I2C bus has no settings: it is kept
+                runtime.buses.buses[key] = saved.pop(key)
+        groups = by_bus(config)
+        try:
+            fresh = [self._make_poller(key, groups[key]) for key in keys if key in groups]
+        except Exception as exc:  # a driver that cannot be built: refuse the reload whole
+            for key in keys:
+                if not key.startswith("i2c:"):
+                    runtime.buses.buses.pop(key, None)
+            runtime.buses.buses.update(saved)
+            raise _BuildFailed(f"a device cannot be built: {type(exc).__name__}: {exc}") from exc
         previous: dict[str, DeviceState] = {}
         for key in keys:
             old = next((p for p in runtime.pollers if p.name == _bus_name(key)), None)
@@ -339,18 +387,16 @@ class _Reloading:
             await self._polling.stop(old.name)
             runtime.pollers.remove(old)
             previous.update((state.id, state) for state in old.devices)
-            if not key.startswith("i2c:"):  # a Modbus line or endpoint: its settings may change
-                runtime.buses.buses.pop(key, None)
-        groups = by_bus(config)
-        for key in keys:
-            if key not in groups:
-                continue
-            poller = self._make_poller(key, groups[key])
+        for poller in fresh:
             for state in poller.devices:
                 if state.id in previous:
                     _carry_counters(previous[state.id], state)
             runtime.pollers.append(poller)
             self._polling.start(poller)
+
+
+class _BuildFailed(Exception):
+    """A reload's new drivers could not be built (the message says why)."""
 
 
 def _describe(runtime: GatewayRuntime) -> dict[str, Described]:
@@ -580,7 +626,7 @@ async def _watchdog(runtime: GatewayRuntime, notifier: Notifier) -> None:
     hung: Verdict | None = None
     while True:
         if not ready and all(poller.started.is_set() for poller in runtime.pollers):
-            ready = True
+            ready = runtime.ready = True
             notifier.ready(health.summary(runtime, Verdict(ok=True), runtime.last_pending))
         verdict = health.verdict(runtime, time.monotonic())
         line = health.summary(runtime, verdict, runtime.last_pending)

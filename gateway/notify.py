@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,12 @@ class Notifier:
 
     def reloading(self) -> None:
         """The service began reloading its configuration (``READY=1`` follows when done)."""
-        self.send(RELOADING="1", STATUS="reloading the configuration")
+        # sd_notify(3): RELOADING=1 comes with the CLOCK_MONOTONIC time of the request.
+        self.send(
+            RELOADING="1",
+            MONOTONIC_USEC=str(time.monotonic_ns() // 1000),
+            STATUS="reloading the configuration",
+        )
 
     def send(self, **fields: str) -> None:
         """One datagram with ``fields`` as ``KEY=value`` lines; see the module docstring."""

@@ -250,6 +250,7 @@ class BusPoller:
             # Close every driver, opened or not: an open() cut short may have left a transport
             # half-open.
             for device in self.devices:
+                self._progress()  # each close has its own bound
                 await self._close(device)
 
     async def _service(self, device: DeviceState) -> None:

@@ -184,9 +184,11 @@ class LocalStatusServer:
             "Cache-Control: no-store\r\n"
             "Connection: close\r\n\r\n"
         ).encode("ascii")
-        with contextlib.suppress(OSError):
+        # A client that never reads its answer must not hold the connection for ever.
+        with contextlib.suppress(OSError, TimeoutError):
             writer.write(response + body)
-            await writer.drain()
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                await writer.drain()
 
     async def _answer(self, head: bytes) -> Response:
         parts = head.split(b"\r\n", 1)[0].split()
