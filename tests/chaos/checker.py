@@ -496,7 +496,9 @@ class _Checker:
         """When the gateway process that declared ``gap`` started: the one alive at the gap's
         timestamp in the store, or else at the time its ``readings_lost`` event gives."""
         for when in (gap.ts / 1000, self.announced.get((gap.low, gap.high))):
-            life = next((life for life in self.lives if when and life.holds(when)), None)
+            # The latest process that holds it: a declaration is made at a process's start, and
+            # a fast start can come within the slack of its predecessor's end.
+            life = next((life for life in reversed(self.lives) if when and life.holds(when)), None)
             if life is not None:
                 return life.start
         return None
