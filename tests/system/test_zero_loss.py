@@ -44,7 +44,7 @@ from tests.system.harness import (
     stored_gaps,
     ts_ms,
 )
-from tests.system.mqtt_capture import Captured, MqttCapture, unexplained
+from tests.system.mqtt_capture import MqttCapture, unexplained
 
 #: Scheduling allowance on a loaded test machine: a poll's timestamp to its commit, beyond the
 #: commit window itself (timer lateness, the commit, the PUBACK).
@@ -311,9 +311,10 @@ class TimedCapture(MqttCapture):
     arrivals: list[float] = field(default_factory=list)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append(Captured(msg.topic, bytes(msg.payload), bool(msg.retain)))
-            self.arrivals.append(time.monotonic())
+        arrived = time.monotonic()
+        super()._on_message(client, userdata, msg)  # records, validates and decodes it
+        with self._lock:  # paho calls back on one thread: arrivals stay aligned with messages
+            self.arrivals.append(arrived)
 
     def timed_readings(self) -> list[tuple[float, dict[str, Any]]]:
         """(arrival, reading with its device) for every reading of every telemetry message."""
