@@ -128,6 +128,13 @@ class TelemetryError(ValueError):
     """A telemetry payload that does not follow the contract; the message says why."""
 
 
+def _invalid(exc: ValidationError) -> TelemetryError:
+    """The first validation error of a payload, as ``key.path: message``."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return TelemetryError(f"{where}: {first['msg']}")
+
+
 _Ident = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 
 
@@ -169,9 +176,7 @@ def _decode_v1(data: Any, *, topic_site: str, topic_device: str) -> list[Reading
     try:
         message = _WireMessage.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise TelemetryError(f"{where}: {first['msg']}") from exc
+        raise _invalid(exc) from exc
     if (message.site, message.device) != (topic_site, topic_device):
         raise TelemetryError(
             f"payload names {message.site}/{message.device} but arrived on {topic_site}/{topic_device}"
@@ -412,9 +417,7 @@ def _decode_v2(data: Any, *, device: str, units: Mapping[str, str] | None) -> li
         else:
             polls = [_WireSingleV2.model_validate(data)]
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise TelemetryError(f"{where}: {first['msg']}") from exc
+        raise _invalid(exc) from exc
     readings = []
     for poll in polls:
         extra = poll.quality.keys() - poll.values.keys()
@@ -487,9 +490,7 @@ def decode_device(payload: bytes, *, topic_site: str, topic_device: str) -> Devi
     try:
         description = DeviceDescription.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise TelemetryError(f"{where}: {first['msg']}") from exc
+        raise _invalid(exc) from exc
     if (description.site, description.device) != (topic_site, topic_device):
         raise TelemetryError(
             f"description names {description.site}/{description.device} "
